@@ -1,0 +1,81 @@
+package export
+
+import (
+	"time"
+)
+
+// Settings tune the engine. config.Config fills them from app settings.
+type Settings struct {
+	MaxFileBytes     int64         // roll to a new file before a line would pass this size (64 MiB)
+	BlockBytes       int           // stage a block when this many bytes are buffered (4 MiB)
+	PageSize         int           // _count sent to the source
+	MemberBatch      int           // patient ids per compartment search (Patient/Group)
+	ClockMargin      time.Duration // transactionTime = source clock minus this, for in-flight writes
+	InvocationBudget time.Duration // a worker invocation stops paging after this and continues in a new message
+	Retention        time.Duration // how long files are promised after completion (Expires)
+	SystemTypes      []string      // if set, the types of a system export without _type (else the source's CapabilityStatement)
+}
+
+// DefaultSettings are the production defaults.
+func DefaultSettings() Settings {
+	return Settings{
+		MaxFileBytes:     64 << 20,
+		BlockBytes:       4 << 20,
+		PageSize:         1000,
+		MemberBatch:      100,
+		ClockMargin:      2 * time.Second,
+		InvocationBudget: 8 * time.Minute,
+		Retention:        24 * time.Hour,
+	}
+}
+
+// Engine runs exports. It is safe for concurrent use: one Engine serves every
+// HTTP request and every worker invocation of a process.
+type Engine struct {
+	store  Store
+	queue  Queue
+	blobs  Blobs
+	source Source
+	now    Clock
+	set    Settings
+}
+
+// New returns an Engine over the given ports. A nil clock means time.Now.
+func New(store Store, queue Queue, blobs Blobs, source Source, set Settings, clock Clock) *Engine {
+	if clock == nil {
+		clock = time.Now
+	}
+	return &Engine{store: store, queue: queue, blobs: blobs, source: source, now: clock, set: set}
+}
+
+// Phase is where a job stands, as a client sees it.
+type Phase int
+
+const (
+	InProgress Phase = iota
+	Completed
+	Failed
+)
+
+// OutputFile is one file of a manifest.
+type OutputFile struct {
+	Type  string // resource type of every line
+	Name  string // file name within the job, used in the download URL
+	Count int64  // lines in the file
+}
+
+// Status is a job's status, derived from the job and its work items.
+type Status struct {
+	Job         *Job
+	Phase       Phase
+	Done        int64 // resources written so far
+	Total       int64 // resources expected, when TotalKnown
+	TotalKnown  bool
+	Output      []OutputFile // Completed only
+	Errors      []OutputFile // Completed only: OperationOutcome files
+	Failure     error        // Failed only: the cause, with its fault kind and code
+	CompletedAt time.Time    // Completed only
+}
+
+// Expires is when a completed job's files stop being promised.
+func (s *Status) Expires(retention time.Duration) time.Time { return s.CompletedAt.Add(retention) }

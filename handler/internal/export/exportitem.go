@@ -1,0 +1,337 @@
+package export
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+	"github.com/azfhir/bulkexport/handler/internal/fhir"
+)
+
+// checkpointEvery bounds the work redone after a crash: an item commits and
+// records its position at least this often, and whenever a block is full.
+const checkpointEvery = 10 * time.Second
+
+// exportItem pages the source for one work item and writes its NDJSON files,
+// from the recorded cursor on. It returns when the item is done, or when the
+// invocation's budget is spent after handing the rest to a continuation
+// message.
+func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadline time.Time) error {
+	log := zerolog.Ctx(ctx)
+	w := newFileWriter(e.blobs, job, item, e.set)
+	if err := w.repair(ctx); err != nil {
+		return err
+	}
+	run, err := e.newItemRun(ctx, job, item)
+	if err != nil {
+		return err
+	}
+
+	cur := item.Cursor
+	lastCheckpoint := time.Now()
+	for {
+		finished := run.finished(cur)
+		if !finished {
+			next, err := run.page(ctx, w, cur)
+			if err != nil {
+				return err
+			}
+			cur = run.advance(cur, next)
+			finished = run.finished(cur)
+		}
+		outOfTime := time.Now().After(deadline)
+		if !finished && !outOfTime && w.pending() < int64(e.set.BlockBytes) && time.Since(lastCheckpoint) < checkpointEvery {
+			continue
+		}
+
+		// Checkpoint: commit, then record where the committed data ends.
+		if err := w.commit(ctx); err != nil {
+			return err
+		}
+		item.Cursor = cur
+		if finished {
+			item.State = ItemDone
+		} else if outOfTime {
+			item.LeaseOwner = "" // released: the continuation takes it
+		}
+		if err := e.record(ctx, item); err != nil {
+			return err
+		}
+		lastCheckpoint = time.Now()
+		log.Debug().Int64("done", item.Done).Int("files", len(item.Files)).Msg("checkpoint")
+		if finished {
+			log.Info().Int64("resources", item.Done).Int("files", len(item.Files)).Int64("duplicatesSkipped", item.Skipped).Msg("work item done")
+			return nil
+		}
+		if err := e.checkCancelled(ctx, job.ID); err != nil {
+			return err
+		}
+		if outOfTime {
+			if err := e.queue.Enqueue(ctx, Message{Job: job.ID, Item: item.ID}); err != nil {
+				return fmt.Errorf("enqueue continuation: %w", err)
+			}
+			log.Info().Int64("done", item.Done).Msg("invocation budget spent; continuing in a new message")
+			return nil
+		}
+	}
+}
+
+// itemRun is what one invocation of a work item knows about its searches.
+type itemRun struct {
+	e       *Engine
+	job     *Job
+	item    *WorkItem
+	queries []string // OR-ed _typeFilter queries, or one empty query
+	batches int      // member batches (Patient/Group); 0 at system level
+	owner   map[string]int
+	link    fhir.CompartmentLink
+	members []string // ids of the batch being searched
+	batchOf int      // which batch members holds (-1: none)
+}
+
+func (e *Engine) newItemRun(ctx context.Context, job *Job, item *WorkItem) (*itemRun, error) {
+	r := &itemRun{e: e, job: job, item: item, queries: filterQueries(job, item.Type), batchOf: -1}
+	if job.Request.Level == LevelSystem {
+		return r, nil
+	}
+	plan, err := e.store.GetItem(ctx, job.ID, PlanItemID)
+	if err != nil {
+		return nil, fmt.Errorf("read plan: %w", err)
+	}
+	r.batches = plan.Batches
+	r.link, _ = fhir.PatientCompartment(item.Type)
+	if item.Type != "Patient" && r.batches > 1 {
+		// A resource that names patients of several batches is found by the
+		// search of each of them; it is written only in the batch of the
+		// first of them, so it is written once.
+		r.owner = make(map[string]int)
+		for b := range r.batches {
+			ids, err := e.store.GetMembers(ctx, job.ID, b)
+			if err != nil {
+				return nil, fmt.Errorf("read member batch %d: %w", b, err)
+			}
+			for _, id := range ids {
+				r.owner[id] = b
+			}
+		}
+	}
+	return r, nil
+}
+
+func (r *itemRun) finished(c Cursor) bool { return c.Query >= len(r.queries) }
+
+// advance moves the cursor past a page whose next link is next.
+func (r *itemRun) advance(c Cursor, next string) Cursor {
+	if next != "" {
+		c.Next = next
+		return c
+	}
+	c.Next = ""
+	if r.batches > 0 {
+		c.Batch++
+		if c.Batch < r.batches {
+			return c
+		}
+		c.Batch = 0
+	}
+	c.Query++
+	return c
+}
+
+// batchMembers returns the member ids of batch b.
+func (r *itemRun) batchMembers(ctx context.Context, b int) ([]string, error) {
+	if r.batchOf != b {
+		ids, err := r.e.store.GetMembers(ctx, r.job.ID, b)
+		if err != nil {
+			return nil, fmt.Errorf("read member batch %d: %w", b, err)
+		}
+		r.members, r.batchOf = ids, b
+	}
+	return r.members, nil
+}
+
+// pageURL is the URL of the page the cursor points at.
+func (r *itemRun) pageURL(ctx context.Context, c Cursor) (string, error) {
+	if c.Next != "" {
+		return c.Next, nil
+	}
+	var members []string
+	if r.batches > 0 {
+		var err error
+		if members, err = r.batchMembers(ctx, c.Batch); err != nil {
+			return "", err
+		}
+	}
+	q := searchQuery(r.job, r.item.Type, r.queries[c.Query], members, r.e.set.PageSize)
+	return r.e.source.SearchURL(r.item.Type, q), nil
+}
+
+// page fetches the page at the cursor and writes its resources, returning the
+// next link. The resources of a second or later OR-ed filter query are held
+// for the page so that those an earlier query matched can be left out.
+func (r *itemRun) page(ctx context.Context, w *fileWriter, c Cursor) (string, error) {
+	pageURL, err := r.pageURL(ctx, c)
+	if err != nil {
+		return "", err
+	}
+	var held []heldResource
+	next, err := r.e.source.Page(ctx, pageURL, func(en Entry) error {
+		if en.Mode != "" && en.Mode != "match" {
+			if en.Mode == "outcome" {
+				zerolog.Ctx(ctx).Warn().RawJSON("outcome", en.Resource).Msg("the source reported an issue with a search")
+			}
+			return nil
+		}
+		typ, id := resourceTypeAndID(en.Resource)
+		if typ != r.item.Type {
+			return fault.New(fault.Permanent, "the source answered a %s search with a %q resource", r.item.Type, typ)
+		}
+		if r.owner != nil && !r.ownsResource(en.Resource, c.Batch) {
+			r.item.Skipped++
+			return nil
+		}
+		if c.Query > 0 {
+			held = append(held, heldResource{id: id, json: bytes.Clone(en.Resource)})
+			return nil
+		}
+		return w.add(ctx, en.Resource)
+	})
+	if err != nil {
+		return "", err
+	}
+	if len(held) > 0 {
+		if err := r.writeUnmatchedByEarlierQueries(ctx, w, c, held); err != nil {
+			return "", err
+		}
+	}
+	return next, nil
+}
+
+type heldResource struct {
+	id   string
+	json []byte
+}
+
+// writeUnmatchedByEarlierQueries writes the held resources that no earlier
+// OR-ed query of the type matches, asking the source with _id.
+func (r *itemRun) writeUnmatchedByEarlierQueries(ctx context.Context, w *fileWriter, c Cursor, held []heldResource) error {
+	ids := make([]string, len(held))
+	for i, h := range held {
+		ids[i] = h.id
+	}
+	seen := map[string]bool{}
+	for q := range c.Query {
+		var members []string
+		if r.batches > 0 {
+			var err error
+			if members, err = r.batchMembers(ctx, c.Batch); err != nil {
+				return err
+			}
+		}
+		query := searchQuery(r.job, r.item.Type, r.queries[q], members, len(ids)) + "&_id=" + url.QueryEscape(strings.Join(ids, ","))
+		next := r.e.source.SearchURL(r.item.Type, query)
+		for next != "" {
+			var err error
+			next, err = r.e.source.Page(ctx, next, func(en Entry) error {
+				if _, id := resourceTypeAndID(en.Resource); en.Mode == "" || en.Mode == "match" {
+					seen[id] = true
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("check %s against an earlier _typeFilter query: %w", r.item.Type, err)
+			}
+		}
+	}
+	for _, h := range held {
+		if seen[h.id] {
+			r.item.Skipped++
+			continue
+		}
+		if err := w.add(ctx, h.json); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ownsResource reports whether a resource found by the search of batch b
+// belongs to that batch: the first member patient it names (in the sorted
+// member order) is in b. A resource naming no member is written where found.
+func (r *itemRun) ownsResource(resource []byte, b int) bool {
+	first := -1
+	for _, ref := range references(resource, r.link.Elements) {
+		id, ok := patientID(ref)
+		if !ok {
+			continue
+		}
+		if ob, member := r.owner[id]; member && (first < 0 || ob < first) {
+			first = ob
+		}
+	}
+	return first < 0 || first == b
+}
+
+// references returns the Reference.reference strings at the given dotted
+// element paths of a resource, looking through arrays at every step.
+func references(resource []byte, paths []string) []string {
+	var out []string
+	for _, p := range paths {
+		collectReferences(json.RawMessage(resource), strings.Split(p, "."), &out)
+	}
+	return out
+}
+
+func collectReferences(v json.RawMessage, path []string, out *[]string) {
+	v = bytes.TrimSpace(v)
+	if len(v) == 0 {
+		return
+	}
+	if v[0] == '[' {
+		var arr []json.RawMessage
+		if json.Unmarshal(v, &arr) == nil {
+			for _, el := range arr {
+				collectReferences(el, path, out)
+			}
+		}
+		return
+	}
+	if v[0] != '{' {
+		return
+	}
+	if len(path) == 0 {
+		var ref struct {
+			Reference string `json:"reference"`
+		}
+		if json.Unmarshal(v, &ref) == nil && ref.Reference != "" {
+			*out = append(*out, ref.Reference)
+		}
+		return
+	}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(v, &obj) != nil {
+		return
+	}
+	if child, ok := obj[path[0]]; ok {
+		collectReferences(child, path[1:], out)
+	}
+}
+
+// resourceTypeAndID reads a resource's type and id.
+func resourceTypeAndID(resource []byte) (string, string) {
+	var r struct {
+		ResourceType string `json:"resourceType"`
+		ID           string `json:"id"`
+	}
+	if json.Unmarshal(resource, &r) != nil {
+		return "", ""
+	}
+	return r.ResourceType, r.ID
+}

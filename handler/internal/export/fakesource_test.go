@@ -1,0 +1,209 @@
+package export_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	. "github.com/azfhir/bulkexport/handler/internal/export"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+)
+
+// fakeSource is an in-memory FHIR source for engine unit tests. It supports
+// what the engine sends: _lastUpdated gt/le, _id, _count, compartment
+// reference parameters, and token parameters matched against a top-level
+// string element (status=final). Pages are offsets in next links.
+type fakeSource struct {
+	mu       sync.Mutex
+	now      time.Time
+	data     map[string][]fakeResource
+	maxCount int
+	requests int
+	failures []error // returned by the next Page calls, in order
+}
+
+type fakeResource struct {
+	json        []byte
+	id          string
+	lastUpdated time.Time
+	fields      map[string]any
+}
+
+func newFakeSource(now time.Time) *fakeSource {
+	return &fakeSource{now: now, data: map[string][]fakeResource{}, maxCount: 1000}
+}
+
+// add stores a resource given as JSON; it must have resourceType, id and meta.lastUpdated.
+func (s *fakeSource) add(raw string) {
+	var fields map[string]any
+	if err := json.Unmarshal([]byte(raw), &fields); err != nil {
+		panic(err)
+	}
+	typ := fields["resourceType"].(string)
+	lu, err := time.Parse(time.RFC3339Nano, fields["meta"].(map[string]any)["lastUpdated"].(string))
+	if err != nil {
+		panic(err)
+	}
+	s.data[typ] = append(s.data[typ], fakeResource{json: []byte(raw), id: fields["id"].(string), lastUpdated: lu, fields: fields})
+}
+
+func (s *fakeSource) Now(ctx context.Context) (time.Time, error) { return s.now, nil }
+
+func (s *fakeSource) Types(ctx context.Context) ([]string, error) {
+	var out []string
+	for t := range s.data {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+func (s *fakeSource) Read(ctx context.Context, typ, id string) ([]byte, error) {
+	for _, r := range s.data[typ] {
+		if r.id == id {
+			return r.json, nil
+		}
+	}
+	return nil, fault.New(fault.NotFound, "%s/%s not found", typ, id)
+}
+
+func (s *fakeSource) SearchURL(typ, query string) string { return "fake:///" + typ + "?" + query }
+
+func (s *fakeSource) Count(ctx context.Context, typ, query string) (int64, error) {
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, r := range s.data[typ] {
+		if matches(r, q) {
+			n++
+		}
+	}
+	return int64(n), nil
+}
+
+func (s *fakeSource) Page(ctx context.Context, pageURL string, visit func(Entry) error) (string, error) {
+	s.mu.Lock()
+	s.requests++
+	if len(s.failures) > 0 {
+		err := s.failures[0]
+		s.failures = s.failures[1:]
+		s.mu.Unlock()
+		return "", err
+	}
+	s.mu.Unlock()
+	u, err := url.Parse(pageURL)
+	if err != nil {
+		return "", err
+	}
+	typ := strings.TrimPrefix(u.Path, "/")
+	q := u.Query()
+	count := s.maxCount
+	if c, err := strconv.Atoi(q.Get("_count")); err == nil && c < count {
+		count = c
+	}
+	offset, _ := strconv.Atoi(q.Get("_offset"))
+	var hits []fakeResource
+	for _, r := range s.data[typ] {
+		if matches(r, q) {
+			hits = append(hits, r)
+		}
+	}
+	end := min(offset+count, len(hits))
+	for _, r := range hits[offset:end] {
+		// Pretty-printed on purpose: the engine must compact.
+		var pretty bytes.Buffer
+		_ = json.Indent(&pretty, r.json, "", "  ")
+		if err := visit(Entry{Resource: pretty.Bytes(), Mode: "match"}); err != nil {
+			return "", err
+		}
+	}
+	if end >= len(hits) {
+		return "", nil
+	}
+	q.Set("_offset", strconv.Itoa(end))
+	return "fake:///" + typ + "?" + q.Encode(), nil
+}
+
+func matches(r fakeResource, q url.Values) bool {
+	for key, values := range q {
+		for _, v := range values {
+			switch key {
+			case "_count", "_offset", "_summary":
+			case "_lastUpdated":
+				t, err := time.Parse(time.RFC3339Nano, v[2:])
+				if err != nil {
+					panic(err)
+				}
+				switch v[:2] {
+				case "gt":
+					if !r.lastUpdated.After(t) {
+						return false
+					}
+				case "le":
+					if r.lastUpdated.After(t) {
+						return false
+					}
+				default:
+					panic("unsupported prefix " + v)
+				}
+			case "_id":
+				if !slices.Contains(strings.Split(v, ","), r.id) {
+					return false
+				}
+			case "patient", "subject":
+				refs := strings.Split(v, ",")
+				found := false
+				for _, field := range []string{"patient", "subject"} {
+					for _, ref := range fieldRefs(r.fields[field]) {
+						if slices.Contains(refs, ref) {
+							found = true
+						}
+					}
+				}
+				if !found {
+					return false
+				}
+			default:
+				got, _ := r.fields[key].(string)
+				if !slices.Contains(strings.Split(v, ","), got) {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+func fieldRefs(v any) []string {
+	switch x := v.(type) {
+	case map[string]any:
+		if s, ok := x["reference"].(string); ok {
+			return []string{s}
+		}
+	case []any:
+		var out []string
+		for _, el := range x {
+			out = append(out, fieldRefs(el)...)
+		}
+		return out
+	}
+	return nil
+}
+
+// resource builds a compact test resource.
+func resource(typ, id string, lastUpdated time.Time, extra string) string {
+	s := fmt.Sprintf(`{"resourceType":%q,"id":%q,"meta":{"lastUpdated":%q}`, typ, id, lastUpdated.UTC().Format(time.RFC3339Nano))
+	if extra != "" {
+		s += "," + extra
+	}
+	return s + "}"
+}

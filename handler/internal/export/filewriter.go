@@ -1,0 +1,186 @@
+package export
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+)
+
+// maxBlocksPerBlob is Azure's limit of committed blocks in one block blob.
+const maxBlocksPerBlob = 50000
+
+// fileWriter appends NDJSON lines to a work item's files. It keeps at most one
+// block of lines in memory, stages full blocks as it goes, and rolls to a new
+// file before a line would take the current one past the size limit. Nothing
+// it writes is visible until commit; the caller records the item after each
+// commit, so the item entity always describes exactly the committed files.
+type fileWriter struct {
+	blobs     Blobs
+	container string
+	folder    string // "<jobID>/"
+	typ       string
+	maxBytes  int64
+	blockSize int
+	item      *WorkItem // Files and Blocks are updated in place
+
+	buf        bytes.Buffer // lines not yet staged
+	bufLines   int64
+	staged     int   // blocks of the last file staged after its last commit
+	stagedSize int64 // bytes in those blocks
+	stagedCnt  int64 // lines in those blocks
+}
+
+func newFileWriter(blobs Blobs, job *Job, item *WorkItem, set Settings) *fileWriter {
+	return &fileWriter{
+		blobs:     blobs,
+		container: job.Request.Container,
+		folder:    job.ID + "/",
+		typ:       item.Type,
+		maxBytes:  set.MaxFileBytes,
+		blockSize: set.BlockBytes,
+		item:      item,
+	}
+}
+
+// fileName is the name of part n (1-based) of type typ within the job folder.
+func fileName(typ string, n int) string { return fmt.Sprintf("%s-%d.ndjson", typ, n) }
+
+func (w *fileWriter) blobName(name string) string { return w.folder + name }
+
+// repair makes the blobs agree with the recorded item after a crash: the last
+// file is committed again with exactly its recorded blocks (dropping any block
+// a lost invocation committed after the last record), and the file after it,
+// which a crash during a roll-over may have created, is deleted.
+func (w *fileWriter) repair(ctx context.Context) error {
+	n := len(w.item.Files)
+	if n > 0 {
+		last := w.item.Files[n-1]
+		if err := w.blobs.CommitBlocks(ctx, w.container, w.blobName(last.Name), w.item.Blocks); err != nil {
+			return fmt.Errorf("repair %s: %w", last.Name, err)
+		}
+	}
+	if err := w.blobs.Delete(ctx, w.container, w.blobName(fileName(w.typ, n+1))); err != nil {
+		return fmt.Errorf("repair: delete unrecorded %s: %w", fileName(w.typ, n+1), err)
+	}
+	return nil
+}
+
+// pending reports the bytes written since the last commit.
+func (w *fileWriter) pending() int64 { return w.stagedSize + int64(w.buf.Len()) }
+
+// add appends one resource as a compact JSON line.
+func (w *fileWriter) add(ctx context.Context, resource []byte) error {
+	start := w.buf.Len()
+	if err := json.Compact(&w.buf, resource); err != nil {
+		w.buf.Truncate(start)
+		return fault.Wrap(fault.Permanent, err, "the source sent a %s resource that is not valid JSON", w.typ)
+	}
+	w.buf.WriteByte('\n')
+	lineLen := int64(w.buf.Len() - start)
+
+	// Roll before this line if it would take a non-empty file past the limit.
+	if w.currentBytes()+w.pending()-lineLen > 0 && w.currentBytes()+w.pending() > w.maxBytes {
+		line := bytes.Clone(w.buf.Bytes()[start:])
+		w.buf.Truncate(start)
+		if err := w.roll(ctx); err != nil {
+			return err
+		}
+		w.buf.Write(line)
+	}
+	w.bufLines++
+	if w.buf.Len() >= w.blockSize {
+		return w.stage(ctx)
+	}
+	return nil
+}
+
+// currentBytes is the committed size of the last file (0 if there is none).
+func (w *fileWriter) currentBytes() int64 {
+	if n := len(w.item.Files); n > 0 {
+		return w.item.Files[n-1].Bytes
+	}
+	return 0
+}
+
+// stage writes the buffered lines as the next block of the last file,
+// starting the first file if there is none.
+func (w *fileWriter) stage(ctx context.Context) error {
+	if w.buf.Len() == 0 {
+		return nil
+	}
+	if len(w.item.Files) == 0 {
+		w.startFile()
+	}
+	if w.item.Blocks+w.staged >= maxBlocksPerBlob-1 {
+		// The blob is full of small blocks: finish it and go on in a new file.
+		pending := bytes.Clone(w.buf.Bytes())
+		lines := w.bufLines
+		w.buf.Reset()
+		w.bufLines = 0
+		if err := w.roll(ctx); err != nil {
+			return err
+		}
+		w.buf.Write(pending)
+		w.bufLines = lines
+	}
+	last := w.item.Files[len(w.item.Files)-1]
+	block := w.item.Blocks + w.staged
+	if err := w.blobs.StageBlock(ctx, w.container, w.blobName(last.Name), block, w.buf.Bytes()); err != nil {
+		return fmt.Errorf("stage block %d of %s: %w", block, last.Name, err)
+	}
+	w.staged++
+	w.stagedSize += int64(w.buf.Len())
+	w.stagedCnt += w.bufLines
+	w.buf.Reset()
+	w.bufLines = 0
+	return nil
+}
+
+func (w *fileWriter) startFile() {
+	w.item.Files = append(w.item.Files, File{Name: fileName(w.typ, len(w.item.Files)+1)})
+	w.item.Blocks = 0
+}
+
+// commit stages what is buffered and commits the last file's block list. The
+// item then describes the committed state; the caller must record it.
+func (w *fileWriter) commit(ctx context.Context) error {
+	if err := w.stage(ctx); err != nil {
+		return err
+	}
+	if w.staged == 0 {
+		return nil
+	}
+	i := len(w.item.Files) - 1
+	blocks := w.item.Blocks + w.staged
+	if err := w.blobs.CommitBlocks(ctx, w.container, w.blobName(w.item.Files[i].Name), blocks); err != nil {
+		return fmt.Errorf("commit %s: %w", w.item.Files[i].Name, err)
+	}
+	w.item.Blocks = blocks
+	w.item.Files[i].Bytes += w.stagedSize
+	w.item.Files[i].Count += w.stagedCnt
+	w.item.Done += w.stagedCnt
+	w.staged, w.stagedSize, w.stagedCnt = 0, 0, 0
+	return nil
+}
+
+// roll commits the last file as it stands and starts the next one.
+func (w *fileWriter) roll(ctx context.Context) error {
+	if err := w.commit(ctx); err != nil {
+		return err
+	}
+	w.startFile()
+	return nil
+}
+
+// removeAll deletes every file of the item (used when the job is cancelled).
+func (w *fileWriter) removeAll(ctx context.Context) error {
+	for i := range len(w.item.Files) + 1 {
+		if err := w.blobs.Delete(ctx, w.container, w.blobName(fileName(w.typ, i+1))); err != nil {
+			return err
+		}
+	}
+	return nil
+}

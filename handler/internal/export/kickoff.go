@@ -1,0 +1,142 @@
+package export
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"regexp"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+)
+
+// newJobID returns a sortable, unguessable job id: 12 hex digits of Unix
+// milliseconds and 16 of randomness.
+func newJobID(now time.Time) string {
+	var r [8]byte
+	_, _ = rand.Read(r[:])
+	return fmt.Sprintf("%012x%s", now.UnixMilli(), hex.EncodeToString(r[:]))
+}
+
+var jobIDPattern = regexp.MustCompile(`^[0-9a-f]{28}$`)
+
+// validJobID reports whether id could be a job id; anything else is not
+// looked up, so no client input reaches a storage query.
+func validJobID(id string) bool { return jobIDPattern.MatchString(id) }
+
+// KickOff accepts an export: it fixes the transaction time from the source's
+// clock, checks that the Group exists and the destination container can be
+// created, writes the job and its plan item, and enqueues the plan.
+func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
+	sourceNow, err := e.source.Now(ctx)
+	if err != nil {
+		return nil, fault.Wrap(fault.Unavailable, err, "the source FHIR server cannot be reached")
+	}
+	if req.Level == LevelGroup {
+		if _, err := e.source.Read(ctx, "Group", req.GroupID); err != nil {
+			if fault.Is(err, fault.NotFound) {
+				return nil, fault.New(fault.NotFound, "Group/%s was not found on the source FHIR server", req.GroupID)
+			}
+			return nil, fmt.Errorf("read Group/%s: %w", req.GroupID, err)
+		}
+	}
+	if err := e.blobs.EnsureContainer(ctx, req.Container); err != nil {
+		return nil, fmt.Errorf("prepare destination container %q: %w", req.Container, err)
+	}
+
+	job := &Job{
+		ID:              newJobID(e.now()),
+		Request:         req,
+		TransactionTime: sourceNow.Add(-e.set.ClockMargin).UTC().Truncate(time.Millisecond),
+		CreatedAt:       e.now().UTC(),
+		State:           JobActive,
+	}
+	if err := e.store.CreateJob(ctx, job); err != nil {
+		return nil, fmt.Errorf("record job: %w", err)
+	}
+	plan := &WorkItem{JobID: job.ID, ID: PlanItemID, State: ItemPending, UpdatedAt: e.now().UTC()}
+	if err := e.store.CreateItem(ctx, plan); err != nil {
+		return nil, fmt.Errorf("record plan of job %s: %w", job.ID, err)
+	}
+	if err := e.queue.Enqueue(ctx, Message{Job: job.ID, Item: PlanItemID}); err != nil {
+		// Without its message the job could never progress: withdraw it.
+		job.State, job.CancelledAt = JobCancelled, e.now().UTC()
+		if uerr := e.store.UpdateJob(ctx, job); uerr != nil {
+			zerolog.Ctx(ctx).Error().Err(uerr).Str("job", job.ID).Msg("could not withdraw a job whose plan was not enqueued")
+		}
+		return nil, fmt.Errorf("enqueue plan of job %s: %w", job.ID, err)
+	}
+	zerolog.Ctx(ctx).Info().Str("job", job.ID).Str("level", string(req.Level)).
+		Time("transactionTime", job.TransactionTime).Msg("export accepted")
+	return job, nil
+}
+
+// Cancel stops a job: later status requests answer not found, workers stop
+// at their next checkpoint, and the job's files are deleted.
+func (e *Engine) Cancel(ctx context.Context, jobID string) error {
+	for {
+		job, err := e.activeJob(ctx, jobID)
+		if err != nil {
+			return err
+		}
+		job.State, job.CancelledAt = JobCancelled, e.now().UTC()
+		err = e.store.UpdateJob(ctx, job)
+		if fault.Is(err, fault.Conflict) {
+			continue // changed under us: read again
+		}
+		if err != nil {
+			return fmt.Errorf("cancel job %s: %w", jobID, err)
+		}
+		break
+	}
+	job, err := e.store.GetJob(ctx, jobID)
+	if err != nil {
+		return fmt.Errorf("read cancelled job %s: %w", jobID, err)
+	}
+	if err := e.blobs.DeletePrefix(ctx, job.Request.Container, jobID+"/"); err != nil {
+		// The workers delete their own files when they see the cancel; this is
+		// not the client's problem.
+		zerolog.Ctx(ctx).Warn().Err(err).Str("job", jobID).Msg("deleting files of a cancelled job failed")
+	}
+	zerolog.Ctx(ctx).Info().Str("job", jobID).Msg("export cancelled")
+	return nil
+}
+
+// activeJob reads a job that exists and is not cancelled.
+func (e *Engine) activeJob(ctx context.Context, jobID string) (*Job, error) {
+	if !validJobID(jobID) {
+		return nil, fault.New(fault.NotFound, "there is no export job %q", jobID)
+	}
+	job, err := e.store.GetJob(ctx, jobID)
+	if fault.Is(err, fault.NotFound) {
+		return nil, fault.New(fault.NotFound, "there is no export job %q", jobID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read job %s: %w", jobID, err)
+	}
+	if job.State == JobCancelled {
+		return nil, fault.New(fault.NotFound, "export job %s was cancelled", jobID)
+	}
+	return job, nil
+}
+
+// OpenFile opens one file of a completed job's manifest for download.
+func (e *Engine) OpenFile(ctx context.Context, jobID, name string) (io.ReadCloser, int64, error) {
+	st, err := e.Status(ctx, jobID)
+	if err != nil {
+		return nil, 0, err
+	}
+	if st.Phase != Completed {
+		return nil, 0, fault.New(fault.NotFound, "export job %s has no files yet", jobID)
+	}
+	for _, f := range append(st.Output, st.Errors...) {
+		if f.Name == name {
+			return e.blobs.Open(ctx, st.Job.Request.Container, jobID+"/"+name)
+		}
+	}
+	return nil, 0, fault.New(fault.NotFound, "export job %s has no file %q", jobID, name)
+}

@@ -1,0 +1,121 @@
+package export
+
+import (
+	"time"
+)
+
+// Level is the export level of a kick-off request.
+type Level string
+
+const (
+	LevelSystem  Level = "system"
+	LevelPatient Level = "patient"
+	LevelGroup   Level = "group"
+)
+
+// TypeFilter is one `_typeFilter` query: a search for one resource type.
+// Queries for the same type are OR-ed; a type without a query is unfiltered.
+type TypeFilter struct {
+	Type  string `json:"type"`
+	Query string `json:"query"` // the search parameters, URL-encoded, without the leading "Type?"
+}
+
+// Request is a validated kick-off request. The HTTP API builds it; the engine
+// trusts it.
+type Request struct {
+	Level        Level        `json:"level"`
+	GroupID      string       `json:"groupId,omitempty"`
+	Types        []string     `json:"types,omitempty"` // empty: every type in scope
+	Since        *time.Time   `json:"since,omitempty"`
+	TypeFilters  []TypeFilter `json:"typeFilters,omitempty"`
+	Container    string       `json:"container"`
+	OutputFormat string       `json:"outputFormat"`
+	RequestURL   string       `json:"request"`            // the kick-off URL, for the manifest
+	Warnings     []string     `json:"warnings,omitempty"` // ignored parameters under handling=lenient
+}
+
+// JobState is what the job entity itself records. The status a client sees is
+// derived from it and from the work items (see Status).
+type JobState string
+
+const (
+	JobActive    JobState = "active"
+	JobCancelled JobState = "cancelled"
+)
+
+// Job is one export. It is written once at kick-off; afterwards only a cancel
+// changes it. Progress lives in the work items.
+type Job struct {
+	ID              string    `json:"id"`
+	Request         Request   `json:"request"`
+	TransactionTime time.Time `json:"transactionTime"`
+	CreatedAt       time.Time `json:"createdAt"`
+	State           JobState  `json:"state"`
+	CancelledAt     time.Time `json:"cancelledAt,omitzero"`
+
+	ETag string `json:"-"` // set by the Store
+}
+
+// ItemState is the life cycle of one work item.
+type ItemState string
+
+const (
+	ItemPending ItemState = "pending" // enqueued, not finished
+	ItemDone    ItemState = "done"    // every page committed
+	ItemFailed  ItemState = "failed"  // gave up; Failure says why
+)
+
+// PlanItemID is the id of the work item that discovers the types (and, for
+// Patient and Group exports, the member patients) and creates the other items.
+const PlanItemID = "plan"
+
+// File is one committed NDJSON file of a work item.
+type File struct {
+	Name  string `json:"name"`  // blob name relative to the job folder, e.g. "Observation-1.ndjson"
+	Count int64  `json:"count"` // lines (resources) in the file
+	Bytes int64  `json:"bytes"`
+}
+
+// Cursor is where a work item stands in the source. It is recorded with every
+// commit, so a redelivered or continued item resumes exactly there.
+type Cursor struct {
+	Query int    `json:"query"`          // index of the _typeFilter query being run (OR-ed queries run one by one)
+	Batch int    `json:"batch"`          // Patient/Group: index of the member batch being searched
+	Next  string `json:"next,omitempty"` // the next page to fetch; empty: start the batch (or the search) afresh
+}
+
+// WorkItem is one unit of export work: one resource type of one job, or the plan.
+type WorkItem struct {
+	JobID string    `json:"job"`
+	ID    string    `json:"id"`   // PlanItemID or the resource type
+	Type  string    `json:"type"` // resource type; empty for the plan item
+	State ItemState `json:"state"`
+
+	Cursor   Cursor `json:"cursor"`
+	Files    []File `json:"files,omitempty"`    // committed files in order; the last one may still grow
+	Blocks   int    `json:"blocks,omitempty"`   // committed blocks of the last file
+	Done     int64  `json:"done"`               // resources written so far
+	Expected int64  `json:"expected,omitempty"` // source's count, when known (progress only)
+	Skipped  int64  `json:"skipped,omitempty"`  // duplicates suppressed across member batches
+
+	Failure     string    `json:"failure,omitempty"`     // why the item failed
+	FailureCode string    `json:"failureCode,omitempty"` // FHIR issue code of the failure
+	Attempts    int       `json:"attempts,omitempty"`    // invocations that started this item
+	UpdatedAt   time.Time `json:"updatedAt"`
+
+	// The lease fences concurrent invocations of the same item: only the
+	// holder writes, and every write is If-Match on the ETag it last wrote.
+	LeaseOwner string    `json:"leaseOwner,omitempty"`
+	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
+
+	// Plan item only: the outcome of planning.
+	Batches int `json:"batches,omitempty"` // member batches written (Patient/Group)
+
+	ETag string `json:"-"` // set by the Store
+}
+
+// Message is the text of a queue message: ids only, never data.
+type Message struct {
+	Job  string `json:"job"`
+	Item string `json:"item"`
+}

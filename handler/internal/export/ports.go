@@ -1,0 +1,71 @@
+package export
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Store keeps jobs and work items. Updates are compare-and-swap on the ETag
+// the entity was read with; a lost race is a fault.Conflict. Missing entities
+// are fault.NotFound.
+type Store interface {
+	CreateJob(ctx context.Context, job *Job) error // sets job.ETag
+	GetJob(ctx context.Context, jobID string) (*Job, error)
+	UpdateJob(ctx context.Context, job *Job) error // If-Match job.ETag; sets the new ETag
+
+	CreateItem(ctx context.Context, item *WorkItem) error // fault.Conflict if it exists; sets item.ETag
+	GetItem(ctx context.Context, jobID, itemID string) (*WorkItem, error)
+	UpdateItem(ctx context.Context, item *WorkItem) error // If-Match item.ETag; sets the new ETag
+	ListItems(ctx context.Context, jobID string) ([]*WorkItem, error)
+
+	// PutMembers stores batch number index of a Patient/Group export's member
+	// patient ids (overwriting it); GetMembers reads it back.
+	PutMembers(ctx context.Context, jobID string, index int, ids []string) error
+	GetMembers(ctx context.Context, jobID string, index int) ([]string, error)
+}
+
+// Queue takes work item messages.
+type Queue interface {
+	Enqueue(ctx context.Context, msg Message) error
+}
+
+// Blobs stores NDJSON files as block blobs: blocks are staged under
+// deterministic ids (0, 1, 2, ...) and a file holds exactly the first n blocks
+// once CommitBlocks(n) returns. Every commit sets Content-Type
+// application/fhir+ndjson. Staging a block again with the same id replaces it.
+type Blobs interface {
+	EnsureContainer(ctx context.Context, container string) error
+	StageBlock(ctx context.Context, container, blob string, block int, data []byte) error
+	CommitBlocks(ctx context.Context, container, blob string, blocks int) error
+	Delete(ctx context.Context, container, blob string) error // a missing blob is not an error
+	DeletePrefix(ctx context.Context, container, prefix string) error
+	Open(ctx context.Context, container, blob string) (io.ReadCloser, int64, error) // fault.NotFound
+}
+
+// Entry is one entry of a search result page.
+type Entry struct {
+	Resource []byte // the resource's JSON as the source sent it
+	Mode     string // search.mode: "match", "include" or "outcome" ("" counts as match)
+}
+
+// Source is the FHIR server the data comes from.
+type Source interface {
+	// Now returns the source's clock (its HTTP Date) and proves it is reachable.
+	Now(ctx context.Context) (time.Time, error)
+	// Types lists the resource types the source's CapabilityStatement can search.
+	Types(ctx context.Context) ([]string, error)
+	// Read returns one resource; fault.NotFound if the source has none.
+	Read(ctx context.Context, resourceType, id string) ([]byte, error)
+	// SearchURL builds the absolute URL of the first page of a search.
+	SearchURL(resourceType string, query string) string
+	// Count returns the total of a search (with _summary=count).
+	Count(ctx context.Context, resourceType string, query string) (int64, error)
+	// Page fetches one page, calls visit for each entry in order, and returns
+	// the absolute URL of the next page ("" on the last page). visit's bytes
+	// are only valid during the call.
+	Page(ctx context.Context, pageURL string, visit func(Entry) error) (next string, err error)
+}
+
+// Clock is the engine's time source; tests use a fixed one.
+type Clock func() time.Time

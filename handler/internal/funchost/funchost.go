@@ -1,0 +1,165 @@
+// Package funchost speaks the Azure Functions custom handler protocol: it
+// serves the queue-triggered worker function's invocations (a JSON payload
+// with the message in Data and its delivery details in Metadata) and hands
+// every other request, forwarded by the host as it came, to the HTTP API.
+package funchost
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+
+	"github.com/rs/zerolog"
+
+	"github.com/azfhir/bulkexport/handler/internal/export"
+)
+
+// WorkerFunction is the name of the queue-triggered function: the folder
+// functions/ExportWorker, and so the path the host posts invocations to.
+const WorkerFunction = "ExportWorker"
+
+// WorkerBinding is the name of the queue trigger binding in its function.json.
+const WorkerBinding = "workItem"
+
+// Processor runs one work item message (export.Engine.Process).
+type Processor interface {
+	Process(ctx context.Context, msg export.Message, at export.Attempt) error
+}
+
+// Handler routes the host's requests.
+type Handler struct {
+	api             http.Handler
+	engine          Processor
+	maxDequeueCount int
+}
+
+// New returns the custom handler's root handler. maxDequeueCount must be the
+// host's extensions.queues.maxDequeueCount (see MaxDequeueCount).
+func New(api http.Handler, engine Processor, maxDequeueCount int) *Handler {
+	return &Handler{api: api, engine: engine, maxDequeueCount: maxDequeueCount}
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPost && r.URL.Path == "/"+WorkerFunction {
+		h.invoke(w, r)
+		return
+	}
+	h.api.ServeHTTP(w, r)
+}
+
+// invocation is the host's payload for a queue trigger.
+type invocation struct {
+	Data     map[string]json.RawMessage `json:"Data"`
+	Metadata map[string]json.RawMessage `json:"Metadata"`
+}
+
+// invokeResponse is what the host expects back; a 2xx without a JSON body
+// never completes the invocation.
+type invokeResponse struct {
+	Outputs     map[string]any `json:"Outputs"`
+	Logs        []string       `json:"Logs"`
+	ReturnValue any            `json:"ReturnValue"`
+}
+
+func (h *Handler) invoke(w http.ResponseWriter, r *http.Request) {
+	invocationID := r.Header.Get("X-Azure-Functions-InvocationId")
+	log := zerolog.Ctx(r.Context()).With().Str("invocationId", invocationID).Str("function", WorkerFunction).Logger()
+	ctx := log.WithContext(r.Context())
+
+	msg, dequeueCount, err := DecodeInvocation(r.Body)
+	if err != nil {
+		// A payload we cannot read will not get better: answer success so the
+		// host does not retry it, and say so loudly.
+		log.Error().Err(err).Msg("dropping an invocation whose payload cannot be decoded")
+		reply(w, http.StatusOK, []string{"error: " + err.Error()})
+		return
+	}
+	err = h.engine.Process(ctx, msg, export.Attempt{
+		Number: dequeueCount, Final: dequeueCount >= h.maxDequeueCount, InvocationID: invocationID,
+	})
+	if err != nil {
+		// Only transient failures come back from Process: fail the invocation
+		// so the host delivers the message again after visibilityTimeout.
+		reply(w, http.StatusInternalServerError, []string{fmt.Sprintf("warn: work item %s/%s will be retried: %v", msg.Job, msg.Item, err)})
+		return
+	}
+	reply(w, http.StatusOK, []string{fmt.Sprintf("info: work item %s/%s processed (attempt %d)", msg.Job, msg.Item, dequeueCount)})
+}
+
+func reply(w http.ResponseWriter, status int, logs []string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(invokeResponse{Outputs: map[string]any{}, Logs: logs})
+}
+
+// DecodeInvocation reads a queue trigger payload: the work item message from
+// Data[workItem] and the dequeue count from Metadata. The host JSON-encodes
+// string values once more, so values are unquoted up to twice.
+func DecodeInvocation(body io.Reader) (export.Message, int, error) {
+	var inv invocation
+	if err := json.NewDecoder(io.LimitReader(body, 1<<20)).Decode(&inv); err != nil {
+		return export.Message{}, 0, fmt.Errorf("payload is not JSON: %w", err)
+	}
+	raw, ok := inv.Data[WorkerBinding]
+	if !ok {
+		return export.Message{}, 0, fmt.Errorf("payload has no Data.%s", WorkerBinding)
+	}
+	var msg export.Message
+	if err := json.Unmarshal(peel(raw), &msg); err != nil {
+		return export.Message{}, 0, fmt.Errorf("Data.%s is not a work item message: %w", WorkerBinding, err)
+	}
+	if msg.Job == "" || msg.Item == "" {
+		return export.Message{}, 0, fmt.Errorf("Data.%s lacks job or item", WorkerBinding)
+	}
+	count := 1
+	if v, ok := inv.Metadata["DequeueCount"]; ok {
+		n, err := strconv.Atoi(string(bytes.Trim(peel(v), `"`)))
+		if err != nil || n < 1 {
+			return export.Message{}, 0, fmt.Errorf("Metadata.DequeueCount %s is not a positive number", v)
+		}
+		count = n
+	}
+	return msg, count, nil
+}
+
+// peel removes up to two layers of JSON string encoding.
+func peel(raw json.RawMessage) []byte {
+	b := bytes.TrimSpace(raw)
+	for range 2 {
+		var s string
+		if len(b) == 0 || b[0] != '"' || json.Unmarshal(b, &s) != nil {
+			break
+		}
+		b = []byte(s)
+	}
+	return b
+}
+
+// MaxDequeueCount reads extensions.queues.maxDequeueCount from host.json (5,
+// the host's default, when it is not set), so the handler knows which
+// delivery is the last one exactly as the host does.
+func MaxDequeueCount(hostJSONPath string) (int, error) {
+	b, err := os.ReadFile(hostJSONPath)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", hostJSONPath, err)
+	}
+	var host struct {
+		Extensions struct {
+			Queues struct {
+				MaxDequeueCount *int `json:"maxDequeueCount"`
+			} `json:"queues"`
+		} `json:"extensions"`
+	}
+	if err := json.Unmarshal(b, &host); err != nil {
+		return 0, fmt.Errorf("parse %s: %w", hostJSONPath, err)
+	}
+	if n := host.Extensions.Queues.MaxDequeueCount; n != nil && *n > 0 {
+		return *n, nil
+	}
+	return 5, nil
+}

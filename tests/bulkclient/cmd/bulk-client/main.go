@@ -1,0 +1,67 @@
+// Command bulk-client runs one FHIR Bulk Data export against a server the way
+// an IG client does, downloads every file into a folder and prints a summary.
+//
+//	bulk-client -base http://127.0.0.1:7071 -path '/$export' -out ./export
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/azfhir/bulkexport/tests/bulkclient"
+)
+
+func main() {
+	base := flag.String("base", "http://127.0.0.1:7071", "service base URL")
+	path := flag.String("path", "/$export", "kick-off path and query, e.g. /Patient/$export?_type=Patient,Observation")
+	out := flag.String("out", "", "folder to write <Type>.ndjson files into (optional)")
+	wait := flag.Duration("wait", 10*time.Minute, "give up after this long")
+	flag.Parse()
+
+	c := &bulkclient.Client{Base: strings.TrimRight(*base, "/"), MaxWait: *wait}
+	start := time.Now()
+	res, err := c.Export(context.Background(), *path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "export failed:", err)
+		os.Exit(1)
+	}
+	types := make([]string, 0, len(res.Resources))
+	total := 0
+	for t, lines := range res.Resources {
+		types = append(types, t)
+		total += len(lines)
+	}
+	sort.Strings(types)
+	fmt.Printf("export complete in %s: %d resources of %d types in %d files, %d polls, transactionTime %s\n",
+		time.Since(start).Round(time.Millisecond), total, len(types), len(res.Manifest.Output), res.Polls, res.Manifest.TransactionTime)
+	for _, t := range types {
+		fmt.Printf("  %-28s %6d\n", t, len(res.Resources[t]))
+	}
+	if len(res.Errors) > 0 {
+		fmt.Printf("  %d OperationOutcome lines in the error files\n", len(res.Errors))
+	}
+	if *out == "" {
+		return
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for _, t := range types {
+		var b []byte
+		for _, l := range res.Resources[t] {
+			b = append(append(b, l...), '\n')
+		}
+		if err := os.WriteFile(filepath.Join(*out, t+".ndjson"), b, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	fmt.Println("files written to", *out)
+}
