@@ -40,6 +40,7 @@ type Config struct {
 	FHIRServerURL string // FHIR_SERVER_URL: base of the source FHIR R4 server
 	FHIRAuth      string // FHIR_AUTH: "none" or "azure" (Entra ID token via azidentity)
 	FHIRScope     string // FHIR_AUTH_SCOPE: default "<origin of FHIR_SERVER_URL>/.default"
+	FHIRClientID  string // FHIR_AUTH_CLIENT_ID: user-assigned identity for the source; empty: system-assigned
 
 	Container string // EXPORT_CONTAINER: default destination container
 	Table     string // EXPORT_TABLE: job table
@@ -86,6 +87,7 @@ func Load(getenv func(string) string) (Config, error) {
 		FHIRServerURL:     strings.TrimRight(r.str("FHIR_SERVER_URL", ""), "/"),
 		FHIRAuth:          strings.ToLower(r.str("FHIR_AUTH", "none")),
 		FHIRScope:         r.str("FHIR_AUTH_SCOPE", ""),
+		FHIRClientID:      r.str("FHIR_AUTH_CLIENT_ID", ""),
 		Container:         r.str("EXPORT_CONTAINER", "bulk-export"),
 		Table:             r.str("EXPORT_TABLE", "exportjobs"),
 		Queue:             r.str("EXPORT_QUEUE", QueueName),

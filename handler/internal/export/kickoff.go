@@ -70,7 +70,7 @@ func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
 		}
 		return nil, fmt.Errorf("enqueue plan of job %s: %w", job.ID, err)
 	}
-	zerolog.Ctx(ctx).Info().Str("job", job.ID).Str("level", string(req.Level)).
+	zerolog.Ctx(ctx).Info().Str("job", job.ID).Str("exportLevel", string(req.Level)).
 		Time("transactionTime", job.TransactionTime).Msg("export accepted")
 	return job, nil
 }

@@ -1,0 +1,40 @@
+# FHIR Bulk Data $export as an Azure Functions custom handler.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+GO    ?= go
+DIST  := dist
+LDFLAGS := -s -w -X main.version=$(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: build
+build: ## Build dist/handler, dist/fhir-sample and dist/bulk-client
+	@mkdir -p $(DIST)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(DIST)/handler ./handler
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/fhir-sample ./tests/fhirsample/cmd/fhir-sample
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/bulk-client ./tests/bulkclient/cmd/bulk-client
+
+.PHONY: run
+run: build ## Run locally: Azurite, the sample FHIR server and `handler serve` on 127.0.0.1:7071
+	@bash tests/scripts/run-local.sh
+
+.PHONY: test
+test: build ## Unit, integration (Azurite) and end-to-end tests; starts and stops Azurite itself
+	@bash tests/scripts/run-tests.sh
+
+.PHONY: unit
+unit: ## Unit tests only (no Azurite)
+	$(GO) test -count=1 ./...
+
+.PHONY: package
+package: ## Build dist/app.zip, deployable to Azure Functions as it is
+	@bash tests/scripts/package.sh
+
+.PHONY: clean
+clean: ## Remove build output
+	rm -rf $(DIST)

@@ -1,0 +1,173 @@
+// Storage account for the $export service: Functions host storage (AzureWebJobsStorage, identity-based),
+// the Flex Consumption deployment package container, the NDJSON export container, the job table and the
+// work-item queue (plus its poison queue).
+//
+// Shared-key access is disabled, so every client (the Functions host, the Go handler, az CLI, Storage
+// Explorer) must authenticate with Microsoft Entra ID (RBAC roles are granted by rbac.bicep).
+
+@description('Storage account name (3-24 lowercase letters and digits, globally unique).')
+@minLength(3)
+@maxLength(24)
+param name string
+
+@description('Azure region.')
+param location string
+
+@description('Storage SKU.')
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_RAGRS'
+  'Standard_GZRS'
+  'Standard_RAGZRS'
+])
+param skuName string = 'Standard_LRS'
+
+@description('Blob container that holds the Flex Consumption deployment package.')
+param deploymentContainer string = 'app-package'
+
+@description('Blob container for the NDJSON export files.')
+param exportContainer string
+
+@description('Table for export job state.')
+param jobTable string
+
+@description('Queue for export work items. The Functions host creates "<name>-poison" on demand; it is created here too so that the RBAC role needed to create it is not the only safeguard.')
+param workQueue string
+
+@description('Delete export blobs this many days after their last modification (0 = no lifecycle policy).')
+@minValue(0)
+param exportRetentionDays int = 7
+
+@description('Resource tags.')
+param tags object = {}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: skuName
+  }
+  properties: {
+    accessTier: 'Hot'
+    // Bulk Data IG §1.1 / Inferno: the file host must refuse TLS < 1.2 and plain http.
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    // Identity-based access only (docs §3.2). Service SAS signed with an account key is therefore impossible;
+    // download links must be user-delegation SAS (needs Storage Blob Data Owner/Delegator) or go through the app.
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    allowCrossTenantReplication: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource deploymentContainerResource 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deploymentContainer
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource exportContainerResource 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: exportContainer
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource jobTableResource 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: tableService
+  name: jobTable
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource workQueueResource 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: workQueue
+}
+
+resource poisonQueueResource 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: '${workQueue}-poison'
+}
+
+// Lifecycle management: expire export files. Covers block and append blobs (only the delete action is
+// supported for append blobs). The prefix is "<container>/", i.e. the whole export container.
+// Keep the manifest's Expires (app side) shorter than this so that files are not deleted while a client
+// may still be told to download them (IG §1.1 "SHOULD NOT delete files a client is still downloading").
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (exportRetentionDays > 0) {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          enabled: true
+          name: 'expire-export-files'
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+                'appendBlob'
+              ]
+              prefixMatch: [
+                '${exportContainer}/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: exportRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+  dependsOn: [
+    exportContainerResource
+  ]
+}
+
+// primaryEndpoints.* end with '/'; app settings get the form without the trailing slash
+// (as in the Functions docs: https://<account>.blob.core.windows.net).
+var blobEndpoint = storage.properties.primaryEndpoints.blob
+var queueEndpoint = storage.properties.primaryEndpoints.queue
+var tableEndpoint = storage.properties.primaryEndpoints.table
+
+output name string = storage.name
+output id string = storage.id
+@description('Blob endpoint with trailing slash, e.g. https://x.blob.core.windows.net/')
+output blobEndpoint string = blobEndpoint
+output blobServiceUri string = endsWith(blobEndpoint, '/') ? substring(blobEndpoint, 0, length(blobEndpoint) - 1) : blobEndpoint
+output queueServiceUri string = endsWith(queueEndpoint, '/') ? substring(queueEndpoint, 0, length(queueEndpoint) - 1) : queueEndpoint
+output tableServiceUri string = endsWith(tableEndpoint, '/') ? substring(tableEndpoint, 0, length(tableEndpoint) - 1) : tableEndpoint
+output deploymentContainerUrl string = '${blobEndpoint}${deploymentContainerResource.name}'

@@ -1,0 +1,228 @@
+// Package e2e runs the built binaries (dist/handler serve and
+// dist/fhir-sample) against Azurite and drives the service only through its
+// public HTTP API, as a Bulk Data client would. It needs EXPORT_INTEGRATION=1,
+// BULKEXPORT_DIST and AZURE_STORAGE_CONNECTION_STRING (make test sets them).
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/azfhir/bulkexport/tests/bulkclient"
+)
+
+const dataDir = "../data/synthea-r4-10"
+
+// service is one running handler with its own table, queue and container.
+type service struct {
+	base   string
+	client *bulkclient.Client
+	env    []string
+}
+
+var fhirBase string
+
+func TestMain(m *testing.M) {
+	if os.Getenv("EXPORT_INTEGRATION") != "1" {
+		fmt.Println("e2e: skipped (set EXPORT_INTEGRATION=1, as `make test` does)")
+		os.Exit(0)
+	}
+	dist := os.Getenv("BULKEXPORT_DIST")
+	if dist == "" || os.Getenv("AZURE_STORAGE_CONNECTION_STRING") == "" {
+		fmt.Println("e2e: BULKEXPORT_DIST and AZURE_STORAGE_CONNECTION_STRING are required with EXPORT_INTEGRATION=1")
+		os.Exit(1)
+	}
+	addr := freeAddr()
+	sample := exec.Command(filepath.Join(dist, "fhir-sample"), "-data", dataDir, "-addr", addr)
+	sample.Stdout, sample.Stderr = os.Stdout, os.Stderr
+	if err := sample.Start(); err != nil {
+		fmt.Println("e2e: start fhir-sample:", err)
+		os.Exit(1)
+	}
+	fhirBase = "http://" + addr + "/fhir"
+	if err := waitFor(fhirBase + "/metadata"); err != nil {
+		fmt.Println("e2e:", err)
+		sample.Process.Kill()
+		os.Exit(1)
+	}
+	code := m.Run()
+	sample.Process.Kill()
+	sample.Wait()
+	os.Exit(code)
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitFor(url string) error {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not answer in 20s", url)
+}
+
+func randomSuffix() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// startService runs `handler serve` with isolated storage names and extra
+// settings, and stops it when the test ends.
+func startService(t *testing.T, extra ...string) *service {
+	t.Helper()
+	suffix := randomSuffix()
+	addr := freeAddr()
+	env := append(os.Environ(),
+		"AzureWebJobsStorage="+os.Getenv("AZURE_STORAGE_CONNECTION_STRING"),
+		"FHIR_SERVER_URL="+fhirBase,
+		"EXPORT_TABLE=e2e"+suffix,
+		"EXPORT_QUEUE=e2e-"+suffix,
+		"EXPORT_CONTAINER=e2e-"+suffix,
+		"EXPORT_RETRY_AFTER=1s",
+		"EXPORT_RETRY_DELAY=1s",
+		"LOG_LEVEL=info",
+	)
+	env = append(env, extra...)
+	cmd := exec.Command(filepath.Join(os.Getenv("BULKEXPORT_DIST"), "handler"), "serve", "-addr", addr)
+	cmd.Env = env
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("handler log:\n%s", tail(logs.String(), 60))
+		}
+	})
+	base := "http://" + addr
+	if err := waitFor(base + "/metadata"); err != nil {
+		t.Fatalf("%v\n%s", err, logs.String())
+	}
+	return &service{base: base, env: env, client: &bulkclient.Client{Base: base, MaxWait: 3 * time.Minute}}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// fixture returns the sample data's lines by type, compacted, filtered by keep.
+func fixture(t *testing.T, keep func(typ string, r map[string]any) bool) map[string][]string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(dataDir, "*.ndjson"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no fixture files: %v", err)
+	}
+	out := map[string][]string{}
+	for _, f := range files {
+		typ := strings.TrimSuffix(filepath.Base(f), ".ndjson")
+		fh, err := os.Open(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(fh)
+		sc.Buffer(nil, 1<<24)
+		for sc.Scan() {
+			var r map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+				t.Fatal(err)
+			}
+			if keep == nil || keep(typ, r) {
+				var b bytes.Buffer
+				json.Compact(&b, sc.Bytes())
+				out[typ] = append(out[typ], b.String())
+			}
+		}
+		fh.Close()
+	}
+	return out
+}
+
+// sameResources checks that an export holds exactly want: each resource
+// once, byte-equal after compaction, and no other type.
+func sameResources(t *testing.T, got map[string][][]byte, want map[string][]string) {
+	t.Helper()
+	for typ, w := range want {
+		if len(w) == 0 {
+			continue
+		}
+		var g []string
+		for _, l := range got[typ] {
+			g = append(g, string(l))
+		}
+		w = append([]string(nil), w...)
+		sort.Strings(g)
+		sort.Strings(w)
+		if len(g) != len(w) {
+			t.Errorf("%s: exported %d resources, want %d", typ, len(g), len(w))
+			continue
+		}
+		for i := range g {
+			if g[i] != w[i] {
+				t.Errorf("%s: exported resources differ from the source (first difference at sorted index %d)", typ, i)
+				break
+			}
+		}
+	}
+	for typ, g := range got {
+		if len(want[typ]) == 0 {
+			t.Errorf("unexpected type %s in the export (%d resources)", typ, len(g))
+		}
+	}
+}
+
+func lastUpdated(r map[string]any) time.Time {
+	meta, _ := r["meta"].(map[string]any)
+	s, _ := meta["lastUpdated"].(string)
+	ts, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		panic(err)
+	}
+	return ts
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	return c
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, the storage adapters on Azurite, and the
+# end-to-end tests (built binaries + sample FHIR server + Azurite) through the
+# public HTTP API. Starts the pinned Azurite on test ports and stops it after.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+
+export AZURITE_BLOB_PORT=${AZURITE_BLOB_PORT:-10100}
+export AZURITE_QUEUE_PORT=${AZURITE_QUEUE_PORT:-10101}
+export AZURITE_TABLE_PORT=${AZURITE_TABLE_PORT:-10102}
+export AZURITE_PIDFILE=${AZURITE_PIDFILE:-$root/.run/azurite-test.pid}
+mkdir -p "$(dirname "$AZURITE_PIDFILE")"
+
+stop_azurite() { bash tests/azurite/azurite.sh stop || true; }
+trap stop_azurite EXIT
+
+AZURE_STORAGE_CONNECTION_STRING=$(bash tests/azurite/azurite.sh start)
+export AZURE_STORAGE_CONNECTION_STRING
+export EXPORT_INTEGRATION=1
+export BULKEXPORT_DIST="$root/dist"
+
+echo "== go vet"
+go vet ./...
+echo "== go test (unit, Azurite integration, end-to-end)"
+go test -count=1 -timeout 15m ./... 2>&1 | tee "$root/.run/test-output.txt"
