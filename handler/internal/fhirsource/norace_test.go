@@ -1,0 +1,5 @@
+//go:build !race
+
+package fhirsource
+
+const raceEnabled = false

@@ -1,0 +1,6 @@
+//go:build race
+
+package fhirsource
+
+// raceEnabled loosens allocation bounds: the race detector allocates too.
+const raceEnabled = true
