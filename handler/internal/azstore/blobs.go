@@ -1,0 +1,149 @@
+package azstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/service"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/azfhir/bulkexport/handler/internal/export"
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+)
+
+// ContentType is what every commit sets on a blob.
+const ContentType = "application/fhir+ndjson"
+
+const (
+	maxBlocks         = 50000
+	deleteParallelism = 8
+)
+
+// Blobs is an export.Blobs on Azure block blobs. Block n has the id
+// base64("%08d" of n); a commit of n blocks lists ids 0..n-1 as "latest", so
+// each is the block staged last or else the committed one, and the service
+// drops every other block.
+type Blobs struct {
+	svc *service.Client
+}
+
+var _ export.Blobs = (*Blobs)(nil)
+
+// EnsureContainer creates the container if it is missing.
+func (b *Blobs) EnsureContainer(ctx context.Context, name string) error {
+	_, err := b.svc.NewContainerClient(name).Create(ctx, nil)
+	if err != nil && !hasCode(err, "ContainerAlreadyExists") {
+		return wrap(err, "create container %s", name)
+	}
+	return nil
+}
+
+// StageBlock uploads data as uncommitted block number block of the blob.
+func (b *Blobs) StageBlock(ctx context.Context, container, name string, block int, data []byte) error {
+	if block < 0 || block >= maxBlocks {
+		return fault.New(fault.Internal, "stage block %d of %s/%s: out of range", block, container, name)
+	}
+	body := streaming.NopCloser(bytes.NewReader(data))
+	if _, err := b.block(container, name).StageBlock(ctx, blockID(block), body, nil); err != nil {
+		return wrap(err, "stage block %d of %s/%s", block, container, name)
+	}
+	return nil
+}
+
+// CommitBlocks makes the blob exactly blocks 0..blocks-1 (an empty blob for
+// 0) and sets its Content-Type, which every commit would otherwise reset.
+func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks int) error {
+	if blocks < 0 || blocks > maxBlocks {
+		return fault.New(fault.Internal, "commit %d blocks of %s/%s: out of range", blocks, container, name)
+	}
+	ids := make([]string, blocks)
+	for i := range ids {
+		ids[i] = blockID(i)
+	}
+	ct := ContentType
+	opts := &blockblob.CommitBlockListOptions{HTTPHeaders: &blob.HTTPHeaders{BlobContentType: &ct}}
+	if _, err := b.block(container, name).CommitBlockList(ctx, ids, opts); err != nil {
+		return wrap(err, "commit %d blocks of %s/%s", blocks, container, name)
+	}
+	return nil
+}
+
+// Delete removes the blob; a missing blob or container is not an error.
+func (b *Blobs) Delete(ctx context.Context, container, name string) error {
+	_, err := b.svc.NewContainerClient(container).NewBlobClient(name).Delete(ctx, nil)
+	if err != nil && !hasCode(err, "BlobNotFound") && !hasCode(err, "ContainerNotFound") {
+		return wrap(err, "delete %s/%s", container, name)
+	}
+	return nil
+}
+
+// DeletePrefix removes every committed blob whose name starts with prefix,
+// which must not be empty. Uncommitted blocks are left to the service, which
+// drops them after a week.
+func (b *Blobs) DeletePrefix(ctx context.Context, containerName, prefix string) error {
+	if prefix == "" {
+		return fault.New(fault.Internal, "delete prefix in %s: empty prefix", containerName)
+	}
+	pager := b.svc.NewContainerClient(containerName).NewListBlobsFlatPager(&container.ListBlobsFlatOptions{Prefix: &prefix})
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if hasCode(err, "ContainerNotFound") {
+			return nil
+		}
+		if err != nil {
+			return wrap(err, "list %s/%s*", containerName, prefix)
+		}
+		if err := b.deleteAll(ctx, containerName, page.Segment.BlobItems); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Blobs) deleteAll(ctx context.Context, containerName string, items []*container.BlobItem) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(deleteParallelism)
+	for _, item := range items {
+		if item.Name == nil {
+			continue
+		}
+		g.Go(func() error { return b.Delete(ctx, containerName, *item.Name) })
+	}
+	return g.Wait()
+}
+
+// Open returns the blob's content and size; fault.NotFound if the blob or
+// its container is missing. The caller closes the reader.
+func (b *Blobs) Open(ctx context.Context, container, name string) (io.ReadCloser, int64, error) {
+	resp, err := b.block(container, name).DownloadStream(ctx, nil)
+	if err != nil {
+		return nil, 0, wrap(err, "open %s/%s", container, name)
+	}
+	return resp.Body, deref(resp.ContentLength), nil
+}
+
+// ContentType returns the blob's Content-Type; fault.NotFound as for Open.
+func (b *Blobs) ContentType(ctx context.Context, container, name string) (string, error) {
+	props, err := b.block(container, name).GetProperties(ctx, nil)
+	if err != nil {
+		return "", wrap(err, "properties of %s/%s", container, name)
+	}
+	return deref(props.ContentType), nil
+}
+
+func (b *Blobs) block(container, name string) *blockblob.Client {
+	return b.svc.NewContainerClient(container).NewBlockBlobClient(name)
+}
+
+// blockID is the id of block n: base64 of a fixed-width decimal, as the
+// service wants ids of one blob to have equal lengths.
+func blockID(n int) string {
+	return base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%08d", n))
+}

@@ -1,0 +1,299 @@
+package httpapi
+
+import (
+	"net/http"
+	"net/url"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/azfhir/bulkexport/handler/internal/export"
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+	"github.com/azfhir/bulkexport/handler/internal/fhir"
+)
+
+// kickOff answers GET|POST [base]/$export, /Patient/$export and
+// /Group/{id}/$export: it validates the request, starts the job and answers
+// 202 with the absolute polling URL in Content-Location.
+func (s *server) kickOff(w http.ResponseWriter, r *http.Request, rt route) error {
+	if err := checkAccept(r.Header.Values("Accept")); err != nil {
+		return err
+	}
+	// Prefer: respond-async is the only mode we have. A missing Prefer, or
+	// one without respond-async, is treated as respond-async: the IG lets a
+	// server assume it, and refusing would only break lax clients.
+	lenient := preferLenient(r.Header.Values("Prefer"))
+	if rt.level == export.LevelGroup && !validFHIRID(rt.groupID) {
+		return invalid("value", "Group id %q is not a valid FHIR id (1-64 characters of A-Z, a-z, 0-9, '-' and '.')", rt.groupID)
+	}
+	params, err := queryParams(r.URL.RawQuery)
+	if err != nil {
+		return err
+	}
+	if r.Method == http.MethodPost {
+		body, err := bodyParams(w, r)
+		if err != nil {
+			return err
+		}
+		params = append(params, body...)
+	}
+	req, err := s.buildRequest(rt, params, lenient)
+	if err != nil {
+		return err
+	}
+	base := s.baseURL(r)
+	req.RequestURL = base + rt.path
+	if r.URL.RawQuery != "" {
+		req.RequestURL += "?" + r.URL.RawQuery
+	}
+
+	job, err := s.engine.KickOff(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	if job == nil || job.ID == "" {
+		return fault.New(fault.Internal, "the engine returned no job id")
+	}
+	stateOf(r.Context()).job = job.ID
+	w.Header().Set("Content-Location", base+"/jobs/"+url.PathEscape(job.ID))
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// acceptable are the Accept media ranges under which we answer: the IG
+// defines only application/fhir+json, and we treat the generic JSON types
+// (and application/json+fhir of older clients) as the same thing.
+var acceptable = map[string]bool{
+	"*/*": true, "application/*": true, "application/json": true,
+	"application/fhir+json": true, "application/json+fhir": true,
+}
+
+// checkAccept accepts a missing Accept header or a list that holds at least
+// one acceptable media range with a q-value above zero.
+func checkAccept(lines []string) error {
+	var seen []string
+	for _, line := range lines {
+		for item := range strings.SplitSeq(line, ",") {
+			item = strings.TrimSpace(item)
+			if item == "" {
+				continue
+			}
+			mt, params, _ := strings.Cut(item, ";")
+			mt = strings.ToLower(strings.TrimSpace(mt))
+			seen = append(seen, mt)
+			if acceptable[mt] && qValue(params) > 0 {
+				return nil
+			}
+		}
+	}
+	if len(seen) == 0 {
+		return nil
+	}
+	return invalid("not-supported", "Accept header %q: the kick-off answers only application/fhir+json", strings.Join(lines, ", "))
+}
+
+// qValue returns the q parameter of a media range's parameters (1 when absent).
+func qValue(params string) float64 {
+	for p := range strings.SplitSeq(params, ";") {
+		k, v, ok := strings.Cut(p, "=")
+		if ok && strings.EqualFold(strings.TrimSpace(k), "q") {
+			q, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				return 0
+			}
+			return q
+		}
+	}
+	return 1
+}
+
+// preferLenient parses Prefer as a comma-separated, case-insensitive list of
+// preferences over any number of header lines and reports whether
+// handling=lenient applies. Unknown preferences are ignored; as RFC 7240
+// says, the first handling preference wins; handling=strict is the default.
+func preferLenient(lines []string) bool {
+	for _, line := range lines {
+		for item := range strings.SplitSeq(line, ",") {
+			pref, _, _ := strings.Cut(item, ";") // drop preference parameters
+			name, value, _ := strings.Cut(pref, "=")
+			if !strings.EqualFold(strings.TrimSpace(name), "handling") {
+				continue
+			}
+			value = strings.Trim(strings.TrimSpace(value), `"`)
+			return strings.EqualFold(value, "lenient")
+		}
+	}
+	return false
+}
+
+// Kick-off parameters we implement.
+const (
+	paramOutputFormat = "_outputFormat"
+	paramSince        = "_since"
+	paramType         = "_type"
+	paramTypeFilter   = "_typeFilter"
+	paramContainer    = "_container"
+)
+
+// buildRequest validates the parameters and builds the engine's request.
+func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Request, error) {
+	req := export.Request{Level: rt.level, OutputFormat: "application/fhir+ndjson", Container: s.container}
+	if rt.level == export.LevelGroup {
+		req.GroupID = rt.groupID
+	}
+
+	// Parameters we don't implement come first: strict mode names them in a
+	// 400 so the client can resubmit without them; lenient mode ignores them
+	// and says so in the job's warnings. Never does a filter pass silently.
+	byName := map[string][]param{}
+	for _, p := range params {
+		switch p.name {
+		case paramOutputFormat, paramSince, paramType, paramTypeFilter, paramContainer:
+			if p.err != nil {
+				return req, p.err
+			}
+			byName[p.name] = append(byName[p.name], p)
+			continue
+		}
+		name := p.name
+		if name == "" {
+			name = "(empty name)"
+		}
+		if !lenient {
+			return req, invalid("not-supported", "parameter %s is not supported (send Prefer: handling=lenient to have it ignored)", name)
+		}
+		w := "parameter " + name + " is not supported and was ignored"
+		if !slices.Contains(req.Warnings, w) {
+			req.Warnings = append(req.Warnings, w)
+		}
+	}
+
+	if v, ok, err := single(byName[paramOutputFormat]); err != nil {
+		return req, err
+	} else if ok {
+		f, err := outputFormat(v)
+		if err != nil {
+			return req, err
+		}
+		req.OutputFormat = f
+	}
+
+	if v, ok, err := single(byName[paramSince]); err != nil {
+		return req, err
+	} else if ok {
+		t, err := fhir.ParseInstant(v)
+		if err != nil {
+			return req, invalid("value", "_since: %v", err)
+		}
+		if t.After(s.now()) {
+			return req, invalid("value", "_since %s is in the future", v)
+		}
+		t = t.UTC()
+		req.Since = &t
+	}
+
+	for _, p := range byName[paramType] {
+		if strings.Trim(p.value, ", \t") == "" {
+			return req, invalid("value", "_type has an empty value")
+		}
+		for t := range strings.SplitSeq(p.value, ",") {
+			t = strings.TrimSpace(t)
+			if t == "" || slices.Contains(req.Types, t) {
+				continue
+			}
+			if err := checkType(paramType, t, rt.level); err != nil {
+				return req, err
+			}
+			req.Types = append(req.Types, t)
+		}
+	}
+
+	var filterValues []string
+	for _, p := range byName[paramTypeFilter] {
+		filterValues = append(filterValues, p.value)
+	}
+	filters, err := parseTypeFilters(filterValues, rt.level, req.Types)
+	if err != nil {
+		return req, err
+	}
+	req.TypeFilters = filters
+
+	if v, ok, err := single(byName[paramContainer]); err != nil {
+		return req, err
+	} else if ok {
+		if !validContainer(v) {
+			return req, invalid("value", "_container %q is not a valid blob container name (3-63 characters: lowercase letters, digits and single hyphens, starting and ending with a letter or digit)", v)
+		}
+		req.Container = v
+	}
+	if req.Container == "" {
+		return req, invalid("required", "_container is required: this server has no default output container")
+	}
+	return req, nil
+}
+
+// single returns the value of a parameter that may be given once. Repeats
+// with the same value are tolerated.
+func single(ps []param) (string, bool, error) {
+	if len(ps) == 0 {
+		return "", false, nil
+	}
+	v := ps[0].value
+	for _, p := range ps[1:] {
+		if p.value != v {
+			return "", false, invalid("value", "%s is given more than once with different values", p.name)
+		}
+	}
+	if strings.TrimSpace(v) == "" {
+		return "", false, invalid("value", "%s has an empty value", ps[0].name)
+	}
+	return v, true, nil
+}
+
+// outputFormat accepts the NDJSON names the IG requires (case-insensitive,
+// with or without parameters) and returns the canonical one. A '+' that
+// query decoding turned into a space is read as '+'.
+func outputFormat(v string) (string, error) {
+	mt, _, _ := strings.Cut(v, ";")
+	switch strings.ToLower(strings.TrimSpace(mt)) {
+	case "application/fhir+ndjson", "application/fhir ndjson", "application/ndjson", "ndjson":
+		return "application/fhir+ndjson", nil
+	}
+	return "", invalid("not-supported", "_outputFormat %q is not supported; use application/fhir+ndjson, application/ndjson or ndjson", v)
+}
+
+// checkType validates one resource type named by parameter param: an R4
+// type that can be exported and, at Patient and Group level, one in the
+// Patient compartment (the IG says a server SHOULD refuse the others).
+func checkType(param, t string, level export.Level) error {
+	if !fhir.IsResourceType(t) {
+		return invalid("value", "%s: %q is not a FHIR R4 resource type", param, t)
+	}
+	if !fhir.IsExportable(t) {
+		return invalid("not-supported", "%s: %s resources cannot be exported", param, t)
+	}
+	if level != export.LevelSystem {
+		if _, ok := fhir.PatientCompartment(t); !ok {
+			return invalid("not-supported", "%s: %s is not in the Patient compartment, so it cannot be exported at %s level", param, t, level)
+		}
+	}
+	return nil
+}
+
+var (
+	fhirIDPattern    = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
+	containerPattern = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*$`)
+	jobIDPattern     = regexp.MustCompile(`^[A-Za-z0-9\-_.]{1,128}$`)
+	fileNamePattern  = regexp.MustCompile(`^(?:[A-Za-z]+|OperationOutcome)-[0-9]+\.ndjson$`)
+)
+
+func validFHIRID(id string) bool { return fhirIDPattern.MatchString(id) }
+
+// validContainer is Azure's rule for blob container names.
+func validContainer(c string) bool {
+	return len(c) >= 3 && len(c) <= 63 && containerPattern.MatchString(c)
+}
+
+// validJobID keeps ids that cannot name a job away from the engine.
+func validJobID(id string) bool { return jobIDPattern.MatchString(id) && id != "." && id != ".." }

@@ -1,0 +1,408 @@
+package httpapi_test
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/azfhir/bulkexport/handler/internal/export"
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+	"github.com/azfhir/bulkexport/handler/internal/httpapi"
+)
+
+const fhirJSON = "application/fhir+json"
+
+func TestKickOffRejectsBadInput(t *testing.T) {
+	t.Parallel()
+	bigBody := `{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"` + strings.Repeat("a", 1<<20) + `"}]}`
+	tests := []struct {
+		name     string
+		method   string
+		target   string
+		header   http.Header
+		body     string
+		want     int
+		wantDiag string // substring of diagnostics naming the parameter or header
+		wantCode string // issue code, when it matters
+	}{
+		{name: "Accept text/html", target: "/$export", header: hdr("Accept", "text/html"), want: 400, wantDiag: "Accept"},
+		{name: "Accept only with q=0", target: "/$export", header: hdr("Accept", "application/xml, application/fhir+json;q=0"), want: 400, wantDiag: "Accept"},
+		{name: "outputFormat csv", target: "/$export?_outputFormat=text/csv", want: 400, wantDiag: "_outputFormat", wantCode: "not-supported"},
+		{name: "outputFormat empty", target: "/$export?_outputFormat=", want: 400, wantDiag: "_outputFormat"},
+		{name: "since not an instant", target: "/$export?_since=yesterday", want: 400, wantDiag: "_since"},
+		{name: "since date only", target: "/$export?_since=2020-01-01", want: 400, wantDiag: "_since"},
+		{name: "since in the future", target: "/$export?_since=2999-01-01T00:00:00Z", want: 400, wantDiag: "future"},
+		{name: "since twice, different", target: "/$export?_since=2020-01-01T00:00:00Z&_since=2021-01-01T00:00:00Z", want: 400, wantDiag: "_since"},
+		{name: "since comma-joined by the host", target: "/$export?_since=2020-01-01T00:00:00Z,2021-01-01T00:00:00Z", want: 400, wantDiag: "_since"},
+		{name: "type unknown", target: "/$export?_type=Patient,Observatoin", want: 400, wantDiag: "Observatoin"},
+		{name: "type wrong case", target: "/$export?_type=patient", want: 400, wantDiag: "patient"},
+		{name: "type not exportable", target: "/$export?_type=Bundle", want: 400, wantDiag: "Bundle"},
+		{name: "type empty", target: "/$export?_type=", want: 400, wantDiag: "_type"},
+		{name: "type only commas", target: "/$export?_type=,,", want: 400, wantDiag: "_type"},
+		{name: "type outside compartment at Patient level", target: "/Patient/$export?_type=Patient,Organization", want: 400, wantDiag: "Organization"},
+		{name: "type outside compartment at Group level", target: "/Group/g1/$export?_type=Practitioner", want: 400, wantDiag: "Practitioner"},
+		{name: "typeFilter without ?", target: "/$export?_typeFilter=Observation", want: 400, wantDiag: "_typeFilter"},
+		{name: "typeFilter without query", target: "/$export?_typeFilter=Observation%3F", want: 400, wantDiag: "_typeFilter"},
+		{name: "typeFilter empty", target: "/$export?_typeFilter=", want: 400, wantDiag: "_typeFilter"},
+		{name: "typeFilter unknown type", target: "/$export?_typeFilter=Foo%3Fx%3D1", want: 400, wantDiag: "Foo"},
+		{name: "typeFilter second part unknown type", target: "/$export?_typeFilter=Observation%3Fstatus%3Dfinal,Obs%3Fx%3D1", want: 400, wantDiag: "Obs"},
+		{name: "typeFilter no name=value", target: "/$export?_typeFilter=Observation%3Fstatus", want: 400, wantDiag: "_typeFilter"},
+		{name: "typeFilter empty value", target: "/$export?_typeFilter=Observation%3Fstatus%3D", want: 400, wantDiag: "_typeFilter"},
+		{name: "typeFilter bad param name", target: "/$export?_typeFilter=Observation%3Fst%20atus%3Dx", want: 400, wantDiag: "_typeFilter"},
+		{name: "typeFilter type not in _type", target: "/$export?_type=Observation&_typeFilter=Condition%3Fcode%3Dx", want: 400, wantDiag: "not in _type"},
+		{name: "typeFilter type outside compartment", target: "/Patient/$export?_typeFilter=Organization%3Fname%3Dx", want: 400, wantDiag: "Organization"},
+		{name: "typeFilter _include", target: "/$export?_typeFilter=Observation%3F_include%3DObservation%3Apatient", want: 400, wantDiag: "_include"},
+		{name: "typeFilter _include:iterate", target: "/$export?_typeFilter=Observation%3Fcode%3Dx%26_include%3Aiterate%3DObservation%3Apatient", want: 400, wantDiag: "_include"},
+		{name: "typeFilter _revinclude", target: "/$export?_typeFilter=Patient%3F_revinclude%3DObservation%3Apatient", want: 400, wantDiag: "_revinclude"},
+		{name: "typeFilter _sort", target: "/$export?_typeFilter=Observation%3F_sort%3Ddate", want: 400, wantDiag: "_sort"},
+		{name: "typeFilter _elements", target: "/$export?_typeFilter=Observation%3F_elements%3Did", want: 400, wantDiag: "_elements"},
+		{name: "typeFilter _count", target: "/$export?_typeFilter=Observation%3F_count%3D5", want: 400, wantDiag: "_count"},
+		{name: "typeFilter _summary", target: "/$export?_typeFilter=Observation%3F_summary%3Dtrue", want: 400, wantDiag: "_summary"},
+		{name: "typeFilter bad double encoding", target: "/$export?_typeFilter=Observation%253Fcode%253D%25zz", want: 400, wantDiag: "_typeFilter"},
+		{name: "container uppercase", target: "/$export?_container=Exports", want: 400, wantDiag: "_container"},
+		{name: "container too short", target: "/$export?_container=ab", want: 400, wantDiag: "_container"},
+		{name: "container too long", target: "/$export?_container=" + strings.Repeat("a", 64), want: 400, wantDiag: "_container"},
+		{name: "container leading hyphen", target: "/$export?_container=-abc", want: 400, wantDiag: "_container"},
+		{name: "container trailing hyphen", target: "/$export?_container=abc-", want: 400, wantDiag: "_container"},
+		{name: "container double hyphen", target: "/$export?_container=a--b", want: 400, wantDiag: "_container"},
+		{name: "container underscore", target: "/$export?_container=a_b", want: 400, wantDiag: "_container"},
+		{name: "_elements", target: "/$export?_elements=id", want: 400, wantDiag: "_elements", wantCode: "not-supported"},
+		{name: "patient", target: "/Patient/$export?patient=Patient/1", want: 400, wantDiag: "patient"},
+		{name: "includeAssociatedData", target: "/$export?includeAssociatedData=LatestProvenanceResources", want: 400, wantDiag: "includeAssociatedData"},
+		{name: "_until", target: "/$export?_until=2020-01-01T00:00:00Z", want: 400, wantDiag: "_until"},
+		{name: "organizeOutputBy", target: "/$export?organizeOutputBy=Patient", want: 400, wantDiag: "organizeOutputBy"},
+		{name: "allowPartialManifests", target: "/$export?allowPartialManifests=true", want: 400, wantDiag: "allowPartialManifests"},
+		{name: "unknown parameter", target: "/$export?foo=bar", want: 400, wantDiag: "foo"},
+		{name: "unsupported parameter with handling=strict", target: "/$export?foo=bar", header: hdr("Prefer", "respond-async, handling=strict"), want: 400, wantDiag: "foo"},
+		{name: "first handling preference wins", target: "/$export?foo=bar", header: hdr("Prefer", "handling=strict", "Prefer", "handling=lenient"), want: 400, wantDiag: "foo"},
+		{name: "malformed query", target: "/$export?_type=%zz", want: 400, wantDiag: "_type"},
+		{name: "Group id with underscore", target: "/Group/a_b/$export", want: 400, wantDiag: "Group id"},
+		{name: "Group id too long", target: "/Group/" + strings.Repeat("g", 65) + "/$export", want: 400, wantDiag: "Group id"},
+		{name: "Group id with encoded slash", target: "/Group/a%2Fb/$export", want: 400, wantDiag: "Group id"},
+		{name: "Group id empty", target: "/Group//$export", want: 400, wantDiag: "Group id"},
+
+		{name: "POST text/plain", method: "POST", target: "/$export", header: hdr("Content-Type", "text/plain"), body: `{"resourceType":"Parameters"}`, want: 415, wantDiag: "Content-Type"},
+		{name: "POST without Content-Type", method: "POST", target: "/$export", body: `{"resourceType":"Parameters"}`, want: 415, wantDiag: "Content-Type"},
+		{name: "POST empty body", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), want: 400, wantDiag: "body is missing", wantCode: "required"},
+		{name: "POST empty body with query", method: "POST", target: "/$export?_type=Patient", header: hdr("Content-Type", fhirJSON), want: 400, wantDiag: "body is missing"},
+		{name: "POST whitespace body", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: " \n", want: 400, wantDiag: "body is missing"},
+		{name: "POST invalid JSON", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":`, want: 400, wantDiag: "JSON"},
+		{name: "POST JSON array", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `[]`, want: 400, wantDiag: "Parameters"},
+		{name: "POST not Parameters", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Patient"}`, want: 400, wantDiag: "Parameters"},
+		{name: "POST parameter without name", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"valueString":"Patient"}]}`, want: 400, wantDiag: "name"},
+		{name: "POST _type as boolean", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"name":"_type","valueBoolean":true}]}`, want: 400, wantDiag: "_type"},
+		{name: "POST _since without value", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"name":"_since"}]}`, want: 400, wantDiag: "_since"},
+		{name: "POST _since valueString number", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"name":"_since","valueInstant":5}]}`, want: 400, wantDiag: "_since"},
+		{name: "POST patient", method: "POST", target: "/Patient/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"name":"patient","valueReference":{"reference":"Patient/1"}}]}`, want: 400, wantDiag: "patient"},
+		{name: "POST bad _type in body", method: "POST", target: "/$export", header: hdr("Content-Type", "application/json"), body: `{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Nope"}]}`, want: 400, wantDiag: "Nope"},
+		{name: "POST body too large", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: bigBody, want: 413},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			method := tc.method
+			if method == "" {
+				method = http.MethodGet
+			}
+			rec := b.call(method, tc.target, tc.header, tc.body)
+			code, diag := checkOutcome(t, rec, tc.want)
+			if !strings.Contains(diag, tc.wantDiag) {
+				t.Errorf("diagnostics %q do not mention %q", diag, tc.wantDiag)
+			}
+			if tc.wantCode != "" && code != tc.wantCode {
+				t.Errorf("issue code = %q, want %q", code, tc.wantCode)
+			}
+			if len(b.engine.requests) != 0 {
+				t.Errorf("engine was called with %+v", b.engine.requests)
+			}
+		})
+	}
+}
+
+func TestKickOffChunkedPostWithDroppedBody(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// What the Functions host forwards for a chunked POST: no Content-Length, no body.
+	req := httptest.NewRequest(http.MethodPost, "http://example.com/$export", http.NoBody)
+	req.ContentLength = -1
+	req.TransferEncoding = []string{"chunked"}
+	req.Header.Set("Content-Type", fhirJSON)
+	rec := httptest.NewRecorder()
+	b.handler.ServeHTTP(rec, req)
+	code, diag := checkOutcome(t, rec, http.StatusBadRequest)
+	if code != "required" || !strings.Contains(diag, "body is missing") {
+		t.Errorf("code %q diagnostics %q; want required / body is missing", code, diag)
+	}
+}
+
+func TestKickOffEngineErrors(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		err        error
+		want       int
+		code       string
+		retryAfter string
+	}{
+		{fault.New(fault.Invalid, "type Foo not allowed"), 400, "invalid", ""},
+		{fault.New(fault.NotFound, "Group g1 not found on the source"), 404, "not-found", ""},
+		{fault.New(fault.Forbidden, "storage refuses us"), 403, "forbidden", ""},
+		{fault.New(fault.Conflict, "lost a race"), 409, "conflict", ""},
+		{fault.New(fault.Unavailable, "source unreachable"), 503, "transient", "2"},
+		{&fault.Error{Kind: fault.Transient, Msg: "throttled", RetryAfter: 30 * time.Second}, 503, "transient", "5"},
+		{fault.New(fault.Permanent, "source rejects the search"), 500, "exception", ""},
+		{fault.New(fault.Internal, "bug"), 500, "exception", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.err.Error(), func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			b.engine.kickErr = tc.err
+			rec := b.call("GET", "/$export", nil, "")
+			code, diag := checkOutcome(t, rec, tc.want)
+			if code != tc.code {
+				t.Errorf("code = %q, want %q", code, tc.code)
+			}
+			if !strings.Contains(diag, tc.err.Error()) {
+				t.Errorf("diagnostics %q lack the cause %q", diag, tc.err)
+			}
+			if got := rec.Header().Get("Retry-After"); got != tc.retryAfter {
+				t.Errorf("Retry-After = %q, want %q", got, tc.retryAfter)
+			}
+		})
+	}
+}
+
+func TestKickOffRequest(t *testing.T) {
+	t.Parallel()
+	since := time.Date(2019, 12, 31, 23, 0, 0, 0, time.UTC) // 2020-01-01T00:00:00+01:00
+	base := export.Request{Level: export.LevelSystem, Container: defaultContainer, OutputFormat: "application/fhir+ndjson"}
+	with := func(f func(*export.Request)) export.Request {
+		r := base
+		f(&r)
+		return r
+	}
+	params := func(ps string) string { return `{"resourceType":"Parameters","parameter":[` + ps + `]}` }
+	tests := []struct {
+		name   string
+		method string
+		target string
+		header http.Header
+		body   string
+		opts   func(*httpapi.Options)
+		want   export.Request
+	}{
+		{name: "system, no parameters", target: "/$export",
+			want: with(func(r *export.Request) { r.RequestURL = "http://example.com/$export" })},
+		{name: "percent-encoded $", target: "/%24export?_type=Patient",
+			want: with(func(r *export.Request) {
+				r.Types = []string{"Patient"}
+				r.RequestURL = "http://example.com/$export?_type=Patient"
+			})},
+		{name: "Patient level, repeated and comma-joined _type", target: "/Patient/%24export?_type=Patient&_type=Observation,%20Condition&_type=Patient",
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelPatient
+				r.Types = []string{"Patient", "Observation", "Condition"}
+				r.RequestURL = "http://example.com/Patient/$export?_type=Patient&_type=Observation,%20Condition&_type=Patient"
+			})},
+		{name: "Group level", target: "/Group/g-1.x/$export?_type=Patient",
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelGroup
+				r.GroupID = "g-1.x"
+				r.Types = []string{"Patient"}
+				r.RequestURL = "http://example.com/Group/g-1.x/$export?_type=Patient"
+			})},
+		{name: "_since with + decoded as space", target: "/$export?_since=2020-01-01T00:00:00+01:00",
+			want: with(func(r *export.Request) {
+				r.Since = &since
+				r.RequestURL = "http://example.com/$export?_since=2020-01-01T00:00:00+01:00"
+			})},
+		{name: "_since encoded by the host", target: "/$export?_since=2020-01-01T00%3A00%3A00%2B01%3A00",
+			want: with(func(r *export.Request) {
+				r.Since = &since
+				r.RequestURL = "http://example.com/$export?_since=2020-01-01T00%3A00%3A00%2B01%3A00"
+			})},
+		{name: "_outputFormat with + decoded as space", target: "/$export?_outputFormat=application/fhir+ndjson",
+			want: with(func(r *export.Request) {
+				r.RequestURL = "http://example.com/$export?_outputFormat=application/fhir+ndjson"
+			})},
+		{name: "_outputFormat ndjson", target: "/$export?_outputFormat=ndjson",
+			want: with(func(r *export.Request) { r.RequestURL = "http://example.com/$export?_outputFormat=ndjson" })},
+		{name: "_outputFormat application/ndjson", target: "/$export?_outputFormat=application%2Fndjson",
+			want: with(func(r *export.Request) {
+				r.RequestURL = "http://example.com/$export?_outputFormat=application%2Fndjson"
+			})},
+		{name: "_typeFilter v2 comma-joined", target: "/$export?_typeFilter=Observation%3Fstatus%3Dfinal%2CCondition%3Fclinical-status%3Dactive",
+			want: with(func(r *export.Request) {
+				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "status=final"}, {Type: "Condition", Query: "clinical-status=active"}}
+				r.RequestURL = "http://example.com/$export?_typeFilter=Observation%3Fstatus%3Dfinal%2CCondition%3Fclinical-status%3Dactive"
+			})},
+		{name: "_typeFilter repeated, value with a comma", target: "/$export?_typeFilter=Observation%3Fcode%3Da%2Cb&_typeFilter=Observation%3Fstatus%3Dfinal%26category%3Dlab",
+			want: with(func(r *export.Request) {
+				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "code=a%2Cb"}, {Type: "Observation", Query: "status=final&category=lab"}}
+				r.RequestURL = "http://example.com/$export?_typeFilter=Observation%3Fcode%3Da%2Cb&_typeFilter=Observation%3Fstatus%3Dfinal%26category%3Dlab"
+			})},
+		{name: "_typeFilter repeats comma-joined by the host, value with a comma", target: "/$export?_type=Observation,Condition&_typeFilter=Observation%3Fcode%3Da%2Cb,Condition%3Fcategory%3Dx,Observation%3Fcode%3Da%2Cb",
+			want: with(func(r *export.Request) {
+				r.Types = []string{"Observation", "Condition"}
+				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "code=a%2Cb"}, {Type: "Condition", Query: "category=x"}}
+				r.RequestURL = "http://example.com/$export?_type=Observation,Condition&_typeFilter=Observation%3Fcode%3Da%2Cb,Condition%3Fcategory%3Dx,Observation%3Fcode%3Da%2Cb"
+			})},
+		{name: "_typeFilter double-encoded", target: "/$export?_typeFilter=Observation%253Fstatus%253Dfinal",
+			want: with(func(r *export.Request) {
+				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "status=final"}}
+				r.RequestURL = "http://example.com/$export?_typeFilter=Observation%253Fstatus%253Dfinal"
+			})},
+		{name: "_typeFilter normalized encoding", target: "/Patient/$export?_typeFilter=Observation%3Fcode%3Dhttp%3A%2F%2Floinc.org%7C1234-5%26date%3Dgt2020-01-01T00%3A00%3A00%252B01%3A00%26code%3Ain%3Dhttp%3A%2F%2Fvs",
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelPatient
+				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "code=http%3A%2F%2Floinc.org%7C1234-5&date=gt2020-01-01T00%3A00%3A00%2B01%3A00&code:in=http%3A%2F%2Fvs"}}
+				r.RequestURL = "http://example.com/Patient/$export?_typeFilter=Observation%3Fcode%3Dhttp%3A%2F%2Floinc.org%7C1234-5%26date%3Dgt2020-01-01T00%3A00%3A00%252B01%3A00%26code%3Ain%3Dhttp%3A%2F%2Fvs"
+			})},
+		{name: "_container", target: "/$export?_container=my-exports-2",
+			want: with(func(r *export.Request) {
+				r.Container = "my-exports-2"
+				r.RequestURL = "http://example.com/$export?_container=my-exports-2"
+			})},
+		{name: "lenient ignores unsupported parameters with warnings", target: "/Patient/$export?_elements=id&patient=Patient/1&_type=Patient&foo=1&_elements=name",
+			header: hdr("Prefer", "respond-async, handling=lenient"),
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelPatient
+				r.Types = []string{"Patient"}
+				r.Warnings = []string{
+					"parameter _elements is not supported and was ignored",
+					"parameter patient is not supported and was ignored",
+					"parameter foo is not supported and was ignored",
+				}
+				r.RequestURL = "http://example.com/Patient/$export?_elements=id&patient=Patient/1&_type=Patient&foo=1&_elements=name"
+			})},
+		{name: "Prefer over two lines, mixed case", target: "/$export?_until=2020-01-01T00:00:00Z",
+			header: hdr("Prefer", "respond-async", "Prefer", "Handling = Lenient"),
+			want: with(func(r *export.Request) {
+				r.Warnings = []string{"parameter _until is not supported and was ignored"}
+				r.RequestURL = "http://example.com/$export?_until=2020-01-01T00:00:00Z"
+			})},
+		{name: "Prefer without respond-async", target: "/$export", header: hdr("Prefer", "return=minimal"),
+			want: with(func(r *export.Request) { r.RequestURL = "http://example.com/$export" })},
+		{name: "Accept variants and empty Bearer", target: "/$export",
+			header: hdr("Accept", "text/html;q=0.9, application/json;q=0.8", "Accept", "application/fhir+json; charset=utf-8", "Authorization", "Bearer "),
+			want:   with(func(r *export.Request) { r.RequestURL = "http://example.com/$export" })},
+		{name: "Accept */* and bare Bearer", target: "/$export", header: hdr("Accept", "*/*", "Authorization", "Bearer"),
+			want: with(func(r *export.Request) { r.RequestURL = "http://example.com/$export" })},
+		{name: "X-Forwarded-Proto and -Host", target: "/$export?_type=Patient",
+			header: hdr("X-Forwarded-Proto", "https", "X-Forwarded-Host", "fhir.example.org, inner.local"),
+			want: with(func(r *export.Request) {
+				r.Types = []string{"Patient"}
+				r.RequestURL = "https://fhir.example.org/$export?_type=Patient"
+			})},
+		{name: "BaseURL with a path prefix", target: "/api/Patient/$export",
+			header: hdr("X-Forwarded-Host", "ignored.example.org"),
+			opts:   func(o *httpapi.Options) { o.BaseURL = "https://bulk.example.net/api/" },
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelPatient
+				r.RequestURL = "https://bulk.example.net/api/Patient/$export"
+			})},
+		{name: "POST Parameters as the bulk-data-client sends them, merged with the query", method: "POST",
+			target: "/Group/g1/$export?_outputFormat=ndjson",
+			header: hdr("Content-Type", "application/json", "Prefer", "respond-async, handling=lenient"),
+			body: params(`{"name":"_type","valueString":"Patient"},{"name":"_type","valueString":"Observation"},` +
+				`{"name":"_since","valueInstant":"2020-01-01T00:00:00+01:00"},` +
+				`{"name":"_typeFilter","valueString":"Observation?code=a,b"},` +
+				`{"name":"patient","valueReference":{"reference":"Patient/1"}}`),
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelGroup
+				r.GroupID = "g1"
+				r.Types = []string{"Patient", "Observation"}
+				r.Since = &since
+				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "code=a%2Cb"}}
+				r.Warnings = []string{"parameter patient is not supported and was ignored"}
+				r.RequestURL = "http://example.com/Group/g1/$export?_outputFormat=ndjson"
+			})},
+		{name: "POST fhir+json with other value types", method: "POST", target: "/$export",
+			header: hdr("Content-Type", "application/fhir+json; charset=utf-8"),
+			body: params(`{"name":"_outputFormat","valueCode":"application/fhir+ndjson"},` +
+				`{"name":"_since","valueDateTime":"2020-01-01T00:00:00+01:00"},` +
+				`{"name":"_container","valueString":"abc"},` +
+				`{"name":"_typeFilter","valueString":"Observation%3Fstatus%3Dfinal"}`),
+			want: with(func(r *export.Request) {
+				r.Since = &since
+				r.Container = "abc"
+				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "status=final"}}
+				r.RequestURL = "http://example.com/$export"
+			})},
+		{name: "POST Parameters without parameters", method: "POST", target: "/$export",
+			header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters"}`,
+			want: with(func(r *export.Request) { r.RequestURL = "http://example.com/$export" })},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var mods []func(*httpapi.Options)
+			if tc.opts != nil {
+				mods = append(mods, tc.opts)
+			}
+			b := setup(t, mods...)
+			method := tc.method
+			if method == "" {
+				method = http.MethodGet
+			}
+			rec := b.call(method, tc.target, tc.header, tc.body)
+			if rec.Code != http.StatusAccepted {
+				t.Fatalf("status = %d, want 202; body %s", rec.Code, rec.Body)
+			}
+			got := b.engine.lastRequest(t)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("engine got\n%s\nwant\n%s", dump(got), dump(tc.want))
+			}
+		})
+	}
+}
+
+func dump(r export.Request) string {
+	since := "<nil>"
+	if r.Since != nil {
+		since = r.Since.String()
+	}
+	r.Since = nil
+	return fmt.Sprintf("%+v since=%s", r, since)
+}
+
+func TestKickOffResponse(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		header http.Header
+		opts   func(*httpapi.Options)
+		want   string
+	}{
+		{name: "from Host", want: "http://example.com/jobs/j%2F1"},
+		{name: "from X-Forwarded", header: hdr("X-Forwarded-Proto", "HTTPS", "X-Forwarded-Host", "bulk.example.org:8443"), want: "https://bulk.example.org:8443/jobs/j%2F1"},
+		{name: "forged X-Forwarded-Host ignored", header: hdr("X-Forwarded-Host", "evil.example/x?"), want: "http://example.com/jobs/j%2F1"},
+		{name: "BaseURL wins", header: hdr("X-Forwarded-Host", "other"), opts: func(o *httpapi.Options) { o.BaseURL = "https://x.azurewebsites.net" }, want: "https://x.azurewebsites.net/jobs/j%2F1"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var mods []func(*httpapi.Options)
+			if tc.opts != nil {
+				mods = append(mods, tc.opts)
+			}
+			b := setup(t, mods...)
+			b.engine.jobID = "j/1"
+			rec := b.call("GET", "/$export", tc.header, "")
+			if rec.Code != http.StatusAccepted {
+				t.Fatalf("status = %d, want 202; body %s", rec.Code, rec.Body)
+			}
+			if got := rec.Header().Get("Content-Location"); got != tc.want {
+				t.Errorf("Content-Location = %q, want %q", got, tc.want)
+			}
+			if rec.Body.Len() != 0 {
+				t.Errorf("body = %q, want empty", rec.Body)
+			}
+		})
+	}
+}

@@ -1,0 +1,419 @@
+// Package httpapi is the FHIR Bulk Data (IG v2.0.0) HTTP API over the export
+// engine: kick-off, status, cancel, file download and the CapabilityStatement.
+// It validates requests, turns them into export.Requests and maps every error
+// to an OperationOutcome in one place (writeError).
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/azfhir/bulkexport/handler/internal/export"
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+)
+
+// Engine is what the HTTP API needs from the export engine. *export.Engine
+// implements it; tests use a fake.
+type Engine interface {
+	// KickOff creates a job for a validated request.
+	KickOff(ctx context.Context, req export.Request) (*export.Job, error)
+	// Status derives a job's status; fault.NotFound for unknown or cancelled jobs.
+	Status(ctx context.Context, jobID string) (*export.Status, error)
+	// Cancel cancels a job; fault.NotFound for unknown or already cancelled jobs.
+	Cancel(ctx context.Context, jobID string) error
+	// OpenFile opens one output file of a job and returns its size; fault.NotFound if absent.
+	OpenFile(ctx context.Context, jobID, name string) (io.ReadCloser, int64, error)
+}
+
+// The engine the service wires in must satisfy Engine.
+var _ Engine = (*export.Engine)(nil)
+
+// Options configure the API.
+type Options struct {
+	// BaseURL is the public base URL, e.g. https://x.azurewebsites.net. Empty:
+	// absolute URLs are built from each request (X-Forwarded-Proto and
+	// X-Forwarded-Host when present, else TLS and Host). A path in BaseURL
+	// (e.g. https://x.azurewebsites.net/api for a Functions routePrefix "api")
+	// is a prefix the routes live under; it is stripped from request paths
+	// that carry it.
+	BaseURL string
+	// DefaultContainer is the blob container used when a kick-off has no _container.
+	DefaultContainer string
+	// Retention is how long completed files are promised (the manifest's
+	// Expires header). Zero means export.DefaultSettings().Retention.
+	Retention time.Duration
+	// RetryAfter is the polling interval suggested to clients. It is sent as
+	// whole seconds, clamped to 1..5. Zero means 2s.
+	RetryAfter time.Duration
+	// Logger receives one JSON line per request (never for GET /). The zero
+	// Logger logs nothing.
+	Logger zerolog.Logger
+	// SoftwareVersion is reported in the CapabilityStatement.
+	SoftwareVersion string
+}
+
+// Validate reports configuration errors: a BaseURL that is not an absolute
+// http(s) URL without query or fragment, or an invalid DefaultContainer.
+func (o Options) Validate() error {
+	if o.BaseURL != "" {
+		u, err := url.Parse(o.BaseURL)
+		if err != nil {
+			return fmt.Errorf("httpapi: BaseURL %q: %w", o.BaseURL, err)
+		}
+		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return fmt.Errorf("httpapi: BaseURL %q must be an absolute http(s) URL without query or fragment", o.BaseURL)
+		}
+	}
+	if o.DefaultContainer != "" && !validContainer(o.DefaultContainer) {
+		return fmt.Errorf("httpapi: DefaultContainer %q is not a valid blob container name", o.DefaultContainer)
+	}
+	if o.Retention < 0 || o.RetryAfter < 0 {
+		return fmt.Errorf("httpapi: Retention and RetryAfter must not be negative")
+	}
+	return nil
+}
+
+const (
+	defaultRetryAfter = 2 * time.Second
+	maxBodyBytes      = 1 << 20
+)
+
+// server is the http.Handler New returns.
+type server struct {
+	engine     Engine
+	log        zerolog.Logger
+	base       string // BaseURL without trailing slash; "" when built per request
+	prefix     string // path of BaseURL without trailing slash, e.g. "/api"; "" for none
+	container  string
+	retention  time.Duration
+	retryAfter time.Duration
+	version    string
+	started    time.Time // the CapabilityStatement's date
+	now        func() time.Time
+}
+
+// New returns the HTTP API over engine. Call opts.Validate first to catch a
+// malformed BaseURL; New uses what it can parse.
+func New(engine Engine, opts Options) http.Handler {
+	s := &server{
+		engine:     engine,
+		log:        opts.Logger,
+		container:  opts.DefaultContainer,
+		retention:  opts.Retention,
+		retryAfter: opts.RetryAfter,
+		version:    opts.SoftwareVersion,
+		now:        time.Now,
+	}
+	s.started = s.now()
+	if s.retention <= 0 {
+		s.retention = export.DefaultSettings().Retention
+	}
+	if s.retryAfter <= 0 {
+		s.retryAfter = defaultRetryAfter
+	}
+	if opts.BaseURL != "" {
+		if u, err := url.Parse(opts.BaseURL); err == nil && u.Host != "" {
+			s.prefix = strings.TrimRight(u.EscapedPath(), "/")
+			u.Path, u.RawPath, u.RawQuery, u.Fragment = "", "", "", ""
+			s.base = strings.TrimRight(u.String(), "/") + s.prefix
+		}
+	}
+	return s
+}
+
+// routeKind is what a request path names.
+type routeKind int
+
+const (
+	routeNone routeKind = iota
+	routeRoot
+	routeMetadata
+	routeKickOff
+	routeJob
+	routeFile
+)
+
+// route is a matched request path.
+type route struct {
+	kind    routeKind
+	level   export.Level // routeKickOff
+	groupID string       // routeKickOff at Group level (not yet validated)
+	jobID   string       // routeJob, routeFile
+	file    string       // routeFile
+	path    string       // the canonical path, e.g. "/Group/g1/$export"
+}
+
+// allow lists the methods each route answers.
+var allow = map[routeKind]string{
+	routeRoot:     "GET, HEAD",
+	routeMetadata: "GET, HEAD",
+	routeKickOff:  "GET, POST",
+	routeJob:      "GET, DELETE",
+	routeFile:     "GET",
+}
+
+// match routes a request path. It splits the escaped path into segments and
+// unescapes each, so "%24export" matches "$export" while an encoded "/" stays
+// inside its segment (and then fails id validation).
+func (s *server) match(escapedPath string) route {
+	p := escapedPath
+	if s.prefix != "" && (p == s.prefix || strings.HasPrefix(p, s.prefix+"/")) {
+		p = p[len(s.prefix):]
+	}
+	if p == "" || p == "/" {
+		return route{kind: routeRoot, path: "/"}
+	}
+	if p[0] != '/' {
+		return route{}
+	}
+	raw := strings.Split(p[1:], "/")
+	seg := make([]string, len(raw))
+	for i, r := range raw {
+		v, err := url.PathUnescape(r)
+		if err != nil {
+			return route{}
+		}
+		seg[i] = v
+	}
+	switch {
+	case len(seg) == 1 && seg[0] == "$export":
+		return route{kind: routeKickOff, level: export.LevelSystem, path: "/$export"}
+	case len(seg) == 1 && seg[0] == "metadata":
+		return route{kind: routeMetadata, path: "/metadata"}
+	case len(seg) == 2 && seg[0] == "Patient" && seg[1] == "$export":
+		return route{kind: routeKickOff, level: export.LevelPatient, path: "/Patient/$export"}
+	case len(seg) == 3 && seg[0] == "Group" && seg[2] == "$export":
+		return route{kind: routeKickOff, level: export.LevelGroup, groupID: seg[1],
+			path: "/Group/" + url.PathEscape(seg[1]) + "/$export"}
+	case len(seg) == 2 && seg[0] == "jobs" && seg[1] != "":
+		return route{kind: routeJob, jobID: seg[1], path: "/jobs/" + url.PathEscape(seg[1])}
+	case len(seg) == 4 && seg[0] == "jobs" && seg[1] != "" && seg[2] == "files" && seg[3] != "":
+		return route{kind: routeFile, jobID: seg[1], file: seg[3],
+			path: "/jobs/" + url.PathEscape(seg[1]) + "/files/" + url.PathEscape(seg[3])}
+	}
+	return route{}
+}
+
+// reqState is what a handler learns that the access log line reports.
+type reqState struct {
+	job string
+	err error
+}
+
+type stateKey struct{}
+
+func stateOf(ctx context.Context) *reqState {
+	if st, ok := ctx.Value(stateKey{}).(*reqState); ok {
+		return st
+	}
+	return &reqState{}
+}
+
+// ServeHTTP routes, recovers panics and logs one line per request.
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := s.match(r.URL.EscapedPath())
+	if rt.kind == routeRoot && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		// The Functions host's readiness probe: cheap, and never logged.
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+
+	start := s.now()
+	st := &reqState{}
+	lc := s.log.With().Str("method", r.Method).Str("path", r.URL.EscapedPath())
+	if id := r.Header.Get("X-Azure-Functions-InvocationId"); id != "" {
+		lc = lc.Str("invocationId", id)
+	}
+	log := lc.Logger()
+	ctx := context.WithValue(log.WithContext(r.Context()), stateKey{}, st)
+	r = r.WithContext(ctx)
+	rec := &recorder{ResponseWriter: w}
+
+	abort := s.serve(rec, r, rt)
+
+	status := rec.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	ev := log.Info()
+	if status >= 500 {
+		ev = log.Error()
+	}
+	if st.job != "" {
+		ev = ev.Str("job", st.job)
+	}
+	if st.err != nil {
+		ev = ev.Str("error", st.err.Error())
+	}
+	ev.Int("status", status).Dur("duration", s.now().Sub(start)).Int64("bytes", rec.bytes).Msg("request")
+	if abort != nil {
+		panic(abort)
+	}
+}
+
+// serve dispatches the request and turns a panic into a 500 OperationOutcome.
+// It returns a value to re-panic with when the response cannot be completed
+// (http.ErrAbortHandler), so net/http drops the connection.
+func (s *server) serve(w *recorder, r *http.Request, rt route) (abort any) {
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		if p == http.ErrAbortHandler {
+			abort = p
+			return
+		}
+		err := fault.New(fault.Internal, "internal error while handling %s %s", r.Method, r.URL.EscapedPath())
+		zerolog.Ctx(r.Context()).Error().Str("panic", fmt.Sprint(p)).Str("stack", string(debug.Stack())).Msg("handler panicked")
+		if w.wroteHeader {
+			stateOf(r.Context()).err = err
+			abort = http.ErrAbortHandler
+			return
+		}
+		s.writeError(w, r, err)
+	}()
+	if err := s.dispatch(w, r, rt); err != nil {
+		s.writeError(w, r, err)
+	}
+	return nil
+}
+
+// dispatch calls the handler of a route. Handlers return errors; writeError
+// answers them.
+func (s *server) dispatch(w http.ResponseWriter, r *http.Request, rt route) error {
+	if rt.kind == routeNone {
+		return notFound("no such endpoint: %s %s", r.Method, r.URL.EscapedPath())
+	}
+	if !methodAllowed(allow[rt.kind], r.Method) {
+		return methodNotAllowed(allow[rt.kind], r.Method, rt.path)
+	}
+	switch rt.kind {
+	case routeRoot:
+		w.WriteHeader(http.StatusOK) // a non-GET method cannot get here
+		return nil
+	case routeMetadata:
+		return s.metadata(w, r)
+	case routeKickOff:
+		return s.kickOff(w, r, rt)
+	case routeJob:
+		if !validJobID(rt.jobID) {
+			return notFound("no export job %q", rt.jobID)
+		}
+		r = withJob(r, rt.jobID)
+		if r.Method == http.MethodDelete {
+			return s.cancel(w, r, rt.jobID)
+		}
+		return s.status(w, r, rt.jobID)
+	case routeFile:
+		if !validJobID(rt.jobID) {
+			return notFound("no export job %q", rt.jobID)
+		}
+		return s.download(w, withJob(r, rt.jobID), rt.jobID, rt.file)
+	}
+	return fault.New(fault.Internal, "unrouted request kind %d", rt.kind)
+}
+
+func methodAllowed(list, method string) bool {
+	for m := range strings.SplitSeq(list, ", ") {
+		if m == method {
+			return true
+		}
+	}
+	return false
+}
+
+// withJob records the job id for the access log and adds it to the
+// request-scoped logger the engine sees.
+func withJob(r *http.Request, jobID string) *http.Request {
+	stateOf(r.Context()).job = jobID
+	log := zerolog.Ctx(r.Context()).With().Str("job", jobID).Logger()
+	return r.WithContext(log.WithContext(r.Context()))
+}
+
+// baseURL is the absolute URL the routes live under, without a trailing
+// slash: Options.BaseURL, or the scheme and host the client used.
+func (s *server) baseURL(r *http.Request) string {
+	if s.base != "" {
+		return s.base
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	if p := firstValue(r.Header.Get("X-Forwarded-Proto")); p != "" {
+		switch strings.ToLower(p) {
+		case "http", "https":
+			scheme = strings.ToLower(p)
+		}
+	}
+	host := r.Host
+	if h := firstValue(r.Header.Get("X-Forwarded-Host")); h != "" && validHost(h) {
+		host = h
+	}
+	if !validHost(host) {
+		host = "localhost"
+	}
+	return scheme + "://" + host
+}
+
+// firstValue returns the first element of a comma-separated header value,
+// the one the outermost proxy set.
+func firstValue(v string) string {
+	first, _, _ := strings.Cut(v, ",")
+	return strings.TrimSpace(first)
+}
+
+// validHost accepts host[:port] made of the characters a host name, an IPv4
+// or a bracketed IPv6 address can hold, so a forged header cannot inject a
+// path or credentials into the URLs we hand out.
+func validHost(h string) bool {
+	if h == "" || len(h) > 255 {
+		return false
+	}
+	for _, c := range h {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case c == '.', c == '-', c == ':', c == '[', c == ']', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// recorder remembers the status and size of a response for the access log.
+type recorder struct {
+	http.ResponseWriter
+	status      int
+	wroteHeader bool
+	bytes       int64
+}
+
+func (w *recorder) WriteHeader(code int) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recorder) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

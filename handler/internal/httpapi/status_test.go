@@ -1,0 +1,322 @@
+package httpapi_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/azfhir/bulkexport/handler/internal/export"
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+	"github.com/azfhir/bulkexport/handler/internal/httpapi"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// golden compares got with testdata/name, or rewrites it under -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, append(bytes.TrimSpace(got), '\n'), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(bytes.TrimSpace(got), bytes.TrimSpace(want)) {
+		t.Errorf("%s differs:\ngot  %s\nwant %s", name, got, want)
+	}
+}
+
+var (
+	txTime    = time.Date(2024, 3, 1, 10, 20, 30, 123456789, time.FixedZone("", 3600))
+	completed = time.Date(2024, 3, 1, 10, 25, 0, 0, time.UTC)
+)
+
+func completedStatus(output, errs []export.OutputFile) *export.Status {
+	return &export.Status{
+		Job: &export.Job{ID: "job-7", TransactionTime: txTime,
+			Request: export.Request{RequestURL: "https://fhir.example.org/Group/g1/$export?_type=Patient,Observation"}},
+		Phase:       export.Completed,
+		Output:      output,
+		Errors:      errs,
+		CompletedAt: completed,
+	}
+}
+
+func TestStatusCompletedManifest(t *testing.T) {
+	t.Parallel()
+	files := []export.OutputFile{
+		{Type: "Patient", Name: "Patient-1.ndjson", Count: 2},
+		{Type: "Observation", Name: "Observation-1.ndjson", Count: 1000},
+		{Type: "Observation", Name: "Observation-2.ndjson", Count: 7},
+	}
+	errs := []export.OutputFile{{Type: "OperationOutcome", Name: "OperationOutcome-1.ndjson", Count: 3}}
+	tests := []struct {
+		name   string
+		status *export.Status
+		header http.Header
+		opts   func(*httpapi.Options)
+		golden string
+	}{
+		{name: "files and errors behind a proxy", status: completedStatus(files, errs),
+			header: hdr("X-Forwarded-Proto", "https", "X-Forwarded-Host", "fhir.example.org"), golden: "manifest-proxy.json"},
+		{name: "BaseURL", status: completedStatus(files, errs), header: hdr("X-Forwarded-Host", "ignored"),
+			opts: func(o *httpapi.Options) { o.BaseURL = "https://bulk.azurewebsites.net/api" }, golden: "manifest-baseurl.json"},
+		{name: "nothing matched", status: completedStatus(nil, nil), golden: "manifest-empty.json"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var mods []func(*httpapi.Options)
+			if tc.opts != nil {
+				mods = append(mods, tc.opts)
+			}
+			b := setup(t, mods...)
+			b.engine.status = tc.status
+			path := "/jobs/job-7"
+			if tc.opts != nil {
+				path = "/api/jobs/job-7"
+			}
+			// Inferno sends an empty bearer token even in open mode.
+			h := tc.header.Clone()
+			if h == nil {
+				h = http.Header{}
+			}
+			h.Set("Authorization", "Bearer ")
+			h.Set("Accept", "application/json")
+			rec := b.call("GET", path, h, "")
+			if rec.Code != http.StatusOK {
+				t.Fatalf("status = %d, want 200; body %s", rec.Code, rec.Body)
+			}
+			if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+				t.Errorf("Content-Type = %q, want application/json", ct)
+			}
+			if got, want := rec.Header().Get("Expires"), "Sat, 02 Mar 2024 10:25:00 GMT"; got != want {
+				t.Errorf("Expires = %q, want %q", got, want)
+			}
+			golden(t, tc.golden, rec.Body.Bytes())
+		})
+	}
+}
+
+func TestStatusInProgress(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		status     export.Status
+		retryAfter time.Duration
+		wantRetry  string
+		wantProg   string
+	}{
+		{name: "total known", status: export.Status{Phase: export.InProgress, Done: 5, Total: 10, TotalKnown: true}, wantRetry: "2", wantProg: "5 of 10 resources"},
+		{name: "total unknown", status: export.Status{Phase: export.InProgress, Done: 1234}, wantRetry: "2", wantProg: "1234 resources"},
+		{name: "retry clamped up", status: export.Status{Phase: export.InProgress}, retryAfter: 300 * time.Millisecond, wantRetry: "1", wantProg: "0 resources"},
+		{name: "retry clamped down", status: export.Status{Phase: export.InProgress, Done: 9223372036854775807, Total: 9223372036854775807, TotalKnown: true}, retryAfter: time.Minute, wantRetry: "5",
+			wantProg: "9223372036854775807 of 9223372036854775807 resources"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, func(o *httpapi.Options) { o.RetryAfter = tc.retryAfter })
+			b.engine.status = &tc.status
+			rec := b.call("GET", "/jobs/job-1", hdr("Authorization", "Bearer"), "")
+			if rec.Code != http.StatusAccepted {
+				t.Fatalf("status = %d, want 202; body %s", rec.Code, rec.Body)
+			}
+			if got := rec.Header().Get("Retry-After"); got != tc.wantRetry {
+				t.Errorf("Retry-After = %q, want %q", got, tc.wantRetry)
+			}
+			got := rec.Header().Get("X-Progress")
+			if got != tc.wantProg || len(got) >= 100 {
+				t.Errorf("X-Progress = %q, want %q (under 100 chars)", got, tc.wantProg)
+			}
+			if rec.Body.Len() != 0 {
+				t.Errorf("body = %q, want none", rec.Body)
+			}
+		})
+	}
+}
+
+func TestStatusErrors(t *testing.T) {
+	t.Parallel()
+	failed := func(err error) *export.Status { return &export.Status{Phase: export.Failed, Failure: err} }
+	tests := []struct {
+		name      string
+		status    *export.Status
+		statusErr error
+		want      int
+		code      string
+		diag      string
+		retry     string
+	}{
+		{name: "failed permanently", status: failed(fault.New(fault.Permanent, "source rejected _typeFilter Observation?foo=bar")), want: 500, code: "exception", diag: "source rejected _typeFilter"},
+		{name: "failed with a code", status: failed(fault.WithCode(fault.New(fault.Permanent, "file too big"), "too-costly")), want: 500, code: "too-costly", diag: "file too big"},
+		{name: "failed after transient errors", status: failed(fault.New(fault.Transient, "source kept answering 503")), want: 500, code: "exception", diag: "503"},
+		{name: "failed unavailable", status: failed(fault.New(fault.Unavailable, "storage unreachable")), want: 500, code: "exception", diag: "storage unreachable"},
+		{name: "failed invalid", status: failed(fault.New(fault.Invalid, "Group has no members")), want: 400, code: "invalid", diag: "Group has no members"},
+		{name: "failed not found", status: failed(fault.New(fault.NotFound, "Group g1 was deleted")), want: 404, code: "not-found", diag: "Group g1 was deleted"},
+		{name: "failed forbidden", status: failed(fault.New(fault.Forbidden, "storage refuses us")), want: 403, code: "forbidden", diag: "storage refuses us"},
+		{name: "failed internal", status: failed(errors.New("plain error")), want: 500, code: "exception", diag: "plain error"},
+		{name: "failed without cause", status: failed(nil), want: 500, code: "exception", diag: "failed"},
+		{name: "unknown job", statusErr: fault.New(fault.NotFound, "no job job-1"), want: 404, code: "not-found", diag: "job-1"},
+		{name: "cancelled job", statusErr: fault.New(fault.Cancelled, "job job-1 was cancelled"), want: 404, code: "not-found", diag: "cancelled"},
+		{name: "lookup failed transiently", statusErr: fault.New(fault.Transient, "table storage timeout"), want: 503, code: "transient", diag: "table storage", retry: "2"},
+		{name: "lookup unavailable", statusErr: fault.New(fault.Unavailable, "storage down"), want: 503, code: "transient", diag: "storage down", retry: "2"},
+		{name: "lookup internal", statusErr: errors.New("bug"), want: 500, code: "exception", diag: "bug"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			b.engine.status, b.engine.statusErr = tc.status, tc.statusErr
+			rec := b.call("GET", "/jobs/job-1", hdr("Authorization", "Bearer "), "")
+			code, diag := checkOutcome(t, rec, tc.want)
+			if code != tc.code {
+				t.Errorf("code = %q, want %q", code, tc.code)
+			}
+			if !strings.Contains(diag, tc.diag) {
+				t.Errorf("diagnostics %q lack %q", diag, tc.diag)
+			}
+			if got := rec.Header().Get("Retry-After"); got != tc.retry {
+				t.Errorf("Retry-After = %q, want %q", got, tc.retry)
+			}
+		})
+	}
+}
+
+func TestCancel(t *testing.T) {
+	t.Parallel()
+	t.Run("accepted", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		rec := b.call("DELETE", "/jobs/job-3", hdr("Authorization", "Bearer "), "")
+		if rec.Code != http.StatusAccepted || rec.Body.Len() != 0 {
+			t.Fatalf("got %d %q, want 202 and no body", rec.Code, rec.Body)
+		}
+		if len(b.engine.cancelled) != 1 || b.engine.cancelled[0] != "job-3" {
+			t.Errorf("engine cancelled %v, want [job-3]", b.engine.cancelled)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"unknown or already cancelled", fault.New(fault.NotFound, "no job job-3"), 404},
+		{"storage down", fault.New(fault.Unavailable, "storage down"), 503},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			b.engine.cancelErr = tc.err
+			checkOutcome(t, b.call("DELETE", "/jobs/job-3", nil, ""), tc.want)
+		})
+	}
+	t.Run("invalid job id never reaches the engine", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		checkOutcome(t, b.call("DELETE", "/jobs/a%20b", nil, ""), 404)
+		if len(b.engine.cancelled) != 0 {
+			t.Errorf("engine cancelled %v", b.engine.cancelled)
+		}
+	})
+}
+
+func TestDownload(t *testing.T) {
+	t.Parallel()
+	const data = "{\"resourceType\":\"Patient\",\"id\":\"1\"}\n{\"resourceType\":\"Patient\",\"id\":\"2\"}\n"
+	t.Run("headers and body", func(t *testing.T) {
+		t.Parallel()
+		for _, name := range []string{"Patient-1.ndjson", "OperationOutcome-12.ndjson"} {
+			b := setup(t)
+			b.engine.files = map[string]string{"job-1/" + name: data}
+			rec := b.call("GET", "/jobs/job-1/files/"+name, hdr("Authorization", "Bearer "), "")
+			if rec.Code != http.StatusOK {
+				t.Fatalf("%s: status = %d; body %s", name, rec.Code, rec.Body)
+			}
+			if ct := rec.Header().Get("Content-Type"); ct != "application/fhir+ndjson" {
+				t.Errorf("Content-Type = %q", ct)
+			}
+			if cl := rec.Header().Get("Content-Length"); cl != strconv.Itoa(len(data)) {
+				t.Errorf("Content-Length = %q, want %d", cl, len(data))
+			}
+			if rec.Body.String() != data {
+				t.Errorf("body = %q", rec.Body)
+			}
+		}
+	})
+	t.Run("bad names are 404 without asking the engine", func(t *testing.T) {
+		t.Parallel()
+		for _, name := range []string{"..%2F..%2Fetc%2Fpasswd", "..", "Patient.ndjson", "Patient-1.json", "Patient-1.ndjson.bak",
+			"Patient-x.ndjson", "-1.ndjson", "Pat%2Fient-1.ndjson", "Patient-1.ndjson%00"} {
+			b := setup(t)
+			checkOutcome(t, b.call("GET", "/jobs/job-1/files/"+name, nil, ""), 404)
+			if len(b.engine.opened) != 0 {
+				t.Errorf("%s: engine opened %v", name, b.engine.opened)
+			}
+		}
+	})
+	t.Run("unknown file", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		checkOutcome(t, b.call("GET", "/jobs/job-1/files/Patient-9.ndjson", nil, ""), 404)
+	})
+	t.Run("streams without buffering the file", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		pr, pw := io.Pipe()
+		const chunk = 256 << 10
+		const total = 4 * chunk
+		b.engine.open = func(jobID, name string) (io.ReadCloser, int64, error) { return pr, total, nil }
+		srv := httptest.NewServer(b.handler)
+		defer srv.Close()
+		defer pw.Close() // unblocks the handler if the test fails early
+		line := bytes.Repeat([]byte("x"), chunk-1)
+		line = append(line, '\n')
+		go func() {
+			_, _ = pw.Write(line) // the first chunk; the rest only after the client saw it
+		}()
+		// Only the first chunk exists until the client has read it: a handler
+		// that buffered the file would never send it, and the deadline fails the test.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/jobs/job-1/files/Patient-1.ndjson", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("no response before the file was complete (the handler buffers?): %v", err)
+		}
+		defer resp.Body.Close()
+		if resp.ContentLength != total {
+			t.Errorf("Content-Length = %d, want %d", resp.ContentLength, total)
+		}
+		first := make([]byte, chunk)
+		if _, err := io.ReadFull(resp.Body, first); err != nil {
+			t.Fatalf("the first chunk did not arrive before the file was complete (the handler buffers?): %v", err)
+		}
+		go func() {
+			for range 3 {
+				_, _ = pw.Write(line)
+			}
+			_ = pw.Close()
+		}()
+		n, err := io.Copy(io.Discard, bufio.NewReader(resp.Body))
+		if err != nil || n != total-chunk {
+			t.Errorf("rest of body: %d bytes, %v; want %d", n, err, total-chunk)
+		}
+	})
+}

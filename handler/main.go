@@ -1,0 +1,252 @@
+// Command handler is the FHIR Bulk Data $export service. It runs in one of
+// two modes over the same engine:
+//
+//   - Azure Functions custom handler: when the host sets
+//     FUNCTIONS_CUSTOMHANDLER_PORT, it serves forwarded HTTP requests and the
+//     queue-triggered worker function's invocations on that port.
+//   - Standalone: `handler serve -addr 127.0.0.1:7071` serves the HTTP API
+//     and runs queue workers in-process, for local runs, containers and tests.
+//
+// Configuration comes from the environment (app settings); see README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/rs/zerolog"
+
+	"github.com/azfhir/bulkexport/handler/internal/azstore"
+	"github.com/azfhir/bulkexport/handler/internal/config"
+	"github.com/azfhir/bulkexport/handler/internal/export"
+	"github.com/azfhir/bulkexport/handler/internal/fhirsource"
+	"github.com/azfhir/bulkexport/handler/internal/funchost"
+	"github.com/azfhir/bulkexport/handler/internal/httpapi"
+	"github.com/azfhir/bulkexport/handler/internal/queueworker"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	log := zerolog.New(os.Stdout).With().Timestamp().Str("service", "bulkexport").Logger()
+	if err := run(log, os.Args[1:]); err != nil {
+		log.Error().Err(err).Msg("handler stopped")
+		// stdout only: the Functions host turns stderr lines into errors.
+		os.Exit(1)
+	}
+}
+
+func run(log zerolog.Logger, args []string) error {
+	mode := "functions"
+	addr := ""
+	if len(args) > 0 {
+		switch args[0] {
+		case "serve":
+			fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+			fs.SetOutput(os.Stdout)
+			fs.StringVar(&addr, "addr", "127.0.0.1:7071", "address to listen on")
+			if err := fs.Parse(args[1:]); err != nil {
+				return err
+			}
+			mode = "serve"
+		case "version":
+			fmt.Println(version)
+			return nil
+		default:
+			return fmt.Errorf("unknown command %q: use `handler serve -addr HOST:PORT`, or run under the Functions host", args[0])
+		}
+	}
+
+	cfg, err := config.Load(os.Getenv)
+	if err != nil {
+		return err
+	}
+	if mode == "functions" {
+		if cfg.FunctionsPort == "" {
+			return errors.New("FUNCTIONS_CUSTOMHANDLER_PORT is not set: run under the Azure Functions host, or use `handler serve`")
+		}
+		addr = "127.0.0.1:" + cfg.FunctionsPort
+	}
+	level, _ := zerolog.ParseLevel(cfg.LogLevel)
+	log = log.Level(level).With().Str("mode", mode).Logger()
+	log.Info().Fields(cfg.Fields()).Str("version", version).Msg("starting")
+
+	// Bind first: the Functions host probes the port from the start.
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx = log.WithContext(ctx)
+
+	app, err := wire(ctx, cfg, log, mode)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	srv := &http.Server{
+		Handler:           app.handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info().Str("addr", ln.Addr().String()).Msg("listening")
+
+	workersDone := make(chan struct{})
+	if app.receiver != nil {
+		go func() {
+			defer close(workersDone)
+			queueworker.Run(ctx, app.receiver, app.engine, queueworker.Options{
+				Workers: cfg.Workers, MaxDequeueCount: cfg.MaxDequeueCount, RetryDelay: cfg.VisibilityTimeout,
+			})
+		}()
+	} else {
+		close(workersDone)
+	}
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info().Msg("shutting down")
+	shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutdown)
+	<-workersDone
+	return nil
+}
+
+type app struct {
+	handler  http.Handler
+	engine   *export.Engine
+	receiver queueworker.Receiver // standalone mode only
+}
+
+// wire builds the adapters and the engine from the configuration.
+func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode string) (*app, error) {
+	var storageCred azcore.TokenCredential
+	if cfg.Storage.ConnectionString == "" {
+		cred, err := managedIdentity(cfg.Storage.ClientID)
+		if err != nil {
+			return nil, err
+		}
+		storageCred = cred
+	}
+	account, err := azstore.Open(ctx, azstore.Options{
+		ConnectionString: cfg.Storage.ConnectionString,
+		BlobURL:          cfg.Storage.BlobURL, QueueURL: cfg.Storage.QueueURL, TableURL: cfg.Storage.TableURL,
+		Credential: storageCred, Table: cfg.Table, Queue: cfg.Queue,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open storage: %w", err)
+	}
+	if err := account.EnsureInfrastructure(ctx); err != nil {
+		return nil, fmt.Errorf("prepare storage (table %s, queue %s): %w", cfg.Table, cfg.Queue, err)
+	}
+
+	var token fhirsource.TokenSource
+	if cfg.FHIRAuth == "azure" {
+		cred, err := managedIdentity(cfg.FHIRClientID)
+		if err != nil {
+			return nil, err
+		}
+		scope := cfg.FHIRScope
+		if scope == "" {
+			scope = originScope(cfg.FHIRServerURL)
+		}
+		token = &entraToken{cred: cred, scope: scope}
+	}
+	source, err := fhirsource.New(fhirsource.Options{BaseURL: cfg.FHIRServerURL, Token: token, UserAgent: "bulkexport/" + version})
+	if err != nil {
+		return nil, fmt.Errorf("FHIR_SERVER_URL: %w", err)
+	}
+
+	set := export.DefaultSettings()
+	set.MaxFileBytes, set.BlockBytes = cfg.MaxFileBytes, cfg.BlockBytes
+	set.PageSize, set.MemberBatch = cfg.PageSize, cfg.MemberBatch
+	set.InvocationBudget, set.Retention = cfg.InvocationBudget, cfg.Retention
+	set.SystemTypes = cfg.SystemTypes
+	engine := export.New(account.Store(), account.Queue(), account.Blobs(), source, set, nil)
+
+	api := httpapi.New(engine, httpapi.Options{
+		BaseURL: cfg.BaseURL, DefaultContainer: cfg.Container, Retention: cfg.Retention,
+		RetryAfter: cfg.RetryAfter, Logger: log, SoftwareVersion: version,
+	})
+	a := &app{handler: api, engine: engine}
+	if mode == "functions" {
+		maxDequeue, err := funchost.MaxDequeueCount(hostJSONPath())
+		if err != nil {
+			return nil, err
+		}
+		a.handler = funchost.New(api, engine, maxDequeue)
+	} else {
+		a.receiver = account.Queue()
+	}
+	return a, nil
+}
+
+// hostJSONPath is host.json in the app root: the working directory the host
+// starts us in, or else the folder of the executable.
+func hostJSONPath() string {
+	if _, err := os.Stat("host.json"); err == nil {
+		return "host.json"
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "host.json"
+	}
+	return filepath.Join(filepath.Dir(exe), "host.json")
+}
+
+func managedIdentity(clientID string) (azcore.TokenCredential, error) {
+	opts := &azidentity.ManagedIdentityCredentialOptions{}
+	if clientID != "" {
+		opts.ID = azidentity.ClientID(clientID)
+	}
+	cred, err := azidentity.NewManagedIdentityCredential(opts)
+	if err != nil {
+		return nil, fmt.Errorf("managed identity: %w", err)
+	}
+	return cred, nil
+}
+
+// entraToken gets Entra ID tokens for the source FHIR server (Azure Health
+// Data Services) from an azidentity credential; azidentity caches them.
+type entraToken struct {
+	cred  azcore.TokenCredential
+	scope string
+}
+
+func (t *entraToken) Token(ctx context.Context) (string, error) {
+	tok, err := t.cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{t.scope}})
+	if err != nil {
+		return "", fmt.Errorf("get a token for %s: %w", t.scope, err)
+	}
+	return tok.Token, nil
+}
+
+// originScope is the Entra ID scope of a FHIR service: its origin + "/.default".
+func originScope(base string) string {
+	u, err := url.Parse(base)
+	if err != nil {
+		return base + "/.default"
+	}
+	return u.Scheme + "://" + u.Host + "/.default"
+}
