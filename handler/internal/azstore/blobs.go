@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"io"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
@@ -59,9 +60,9 @@ func (b *Blobs) StageBlock(ctx context.Context, container, name string, block in
 
 // CommitBlocks makes the blob exactly blocks 0..blocks-1 (an empty blob for
 // 0) and sets its Content-Type, which every commit would otherwise reset.
-func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks int) error {
+func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks int, cond export.Condition) (string, error) {
 	if blocks < 0 || blocks > maxBlocks {
-		return fault.New(fault.Internal, "commit %d blocks of %s/%s: out of range", blocks, container, name)
+		return "", fault.New(fault.Internal, "commit %d blocks of %s/%s: out of range", blocks, container, name)
 	}
 	ids := make([]string, blocks)
 	for i := range ids {
@@ -69,10 +70,23 @@ func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks
 	}
 	ct := ContentType
 	opts := &blockblob.CommitBlockListOptions{HTTPHeaders: &blob.HTTPHeaders{BlobContentType: &ct}}
-	if _, err := b.block(container, name).CommitBlockList(ctx, ids, opts); err != nil {
-		return wrap(err, "commit %d blocks of %s/%s", blocks, container, name)
+	switch {
+	case cond.IfMissing:
+		anyETag := azcore.ETagAny
+		opts.AccessConditions = &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfNoneMatch: &anyETag}}
+	case cond.IfMatch != "":
+		etag := azcore.ETag(cond.IfMatch)
+		opts.AccessConditions = &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: &etag}}
 	}
-	return nil
+	resp, err := b.block(container, name).CommitBlockList(ctx, ids, opts)
+	if err != nil {
+		// 412 (If-Match) and 409 (If-None-Match) are fault.Conflict: the blob changed.
+		return "", wrap(err, "commit %d blocks of %s/%s", blocks, container, name)
+	}
+	if resp.ETag == nil {
+		return "", fault.New(fault.Internal, "commit %s/%s: no ETag in the answer", container, name)
+	}
+	return string(*resp.ETag), nil
 }
 
 // Delete removes the blob; a missing blob or container is not an error.

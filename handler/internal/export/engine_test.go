@@ -294,6 +294,7 @@ func TestTypeFilterQueriesAreORedWithoutDuplicates(t *testing.T) {
 type failingBlobs struct {
 	Blobs
 	calls, failAt int
+	afterCommit   bool // fail after the commit took effect, as a crash right after it would
 }
 
 func (f *failingBlobs) tick() error {
@@ -311,19 +312,25 @@ func (f *failingBlobs) StageBlock(ctx context.Context, c, b string, n int, d []b
 	return f.Blobs.StageBlock(ctx, c, b, n, d)
 }
 
-func (f *failingBlobs) CommitBlocks(ctx context.Context, c, b string, n int) error {
-	if err := f.tick(); err != nil {
-		return err
+func (f *failingBlobs) CommitBlocks(ctx context.Context, c, b string, n int, cond Condition) (string, error) {
+	err := f.tick()
+	if err != nil && !f.afterCommit {
+		return "", err
 	}
-	return f.Blobs.CommitBlocks(ctx, c, b, n)
+	etag, cerr := f.Blobs.CommitBlocks(ctx, c, b, n, cond)
+	if err != nil {
+		return "", err
+	}
+	return etag, cerr
 }
 
 func TestAFailureAtAnyWriteNeitherLosesNorRepeats(t *testing.T) {
-	for failAt := 1; failAt <= 40; failAt += 3 {
-		t.Run(fmt.Sprint("fail at write ", failAt), func(t *testing.T) {
+	for failAt := 1; failAt <= 60; failAt += 2 {
+		after := failAt%4 == 3
+		t.Run(fmt.Sprintf("fail at write %d after=%v", failAt, after), func(t *testing.T) {
 			set := DefaultSettings()
 			set.MaxFileBytes, set.BlockBytes, set.PageSize = 1500, 500, 3
-			fb := &failingBlobs{failAt: failAt}
+			fb := &failingBlobs{failAt: failAt, afterCommit: after}
 			b := setup(t, set, func(inner Blobs) Blobs { fb.Blobs = inner; return fb })
 			want := population(b.source, 3, 8)
 			delete(want, "Group")
@@ -404,4 +411,59 @@ func TestLenientWarningsBecomeAnErrorFile(t *testing.T) {
 	if !bytes.Contains(data, []byte(`"resourceType":"OperationOutcome"`)) || !bytes.Contains(data, []byte("_elements")) {
 		t.Errorf("error file %s", data)
 	}
+}
+
+// slowSource delays every page, so that two invocations overlap.
+type slowSource struct {
+	*fakeSource
+	delay time.Duration
+}
+
+func (s slowSource) Page(ctx context.Context, u string, visit func(Entry) error) (string, error) {
+	time.Sleep(s.delay)
+	return s.fakeSource.Page(ctx, u, visit)
+}
+
+func TestTheSameMessageDeliveredTwiceConcurrentlyWritesOnce(t *testing.T) {
+	set := DefaultSettings()
+	set.MaxFileBytes, set.BlockBytes, set.PageSize = 3000, 1000, 5
+	b := setup(t, set, nil)
+	want := population(b.source, 4, 10)
+	delete(want, "Group")
+	slow := slowSource{fakeSource: b.source, delay: 2 * time.Millisecond}
+	b.engine = New(b.store, b.queue, b.blobs, slow, set, nil)
+	ctx := context.Background()
+	job, err := b.engine.KickOff(ctx, Request{Level: LevelSystem, Types: []string{"Observation", "Patient"}, Container: "bulk-export"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Run the plan, then deliver every item message twice at once.
+	if err := b.engine.Process(ctx, Message{Job: job.ID, Item: PlanItemID}, Attempt{Number: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for _, item := range []string{"Observation", "Patient"} {
+		for round := 0; ; round++ {
+			it, err := b.store.GetItem(ctx, job.ID, item)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if it.State != ItemPending || round > 50 {
+				break
+			}
+			errs := make(chan error, 2)
+			for range 2 {
+				go func() { errs <- b.engine.Process(ctx, Message{Job: job.ID, Item: item}, Attempt{Number: round + 1}) }()
+			}
+			<-errs
+			<-errs
+		}
+	}
+	st, err := b.engine.Status(ctx, job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Phase != Completed {
+		t.Fatalf("phase %v, failure %v", st.Phase, st.Failure)
+	}
+	wantExactly(t, b.lines(t, st, set.MaxFileBytes), want)
 }

@@ -58,9 +58,13 @@ func (w *fileWriter) repair(ctx context.Context) error {
 	n := len(w.item.Files)
 	if n > 0 {
 		last := w.item.Files[n-1]
-		if err := w.blobs.CommitBlocks(ctx, w.container, w.blobName(last.Name), w.item.Blocks); err != nil {
+		// Unconditional: whatever a lost invocation committed after the last
+		// record is dropped, and its later commits fail on the new ETag.
+		etag, err := w.blobs.CommitBlocks(ctx, w.container, w.blobName(last.Name), w.item.Blocks, Condition{})
+		if err != nil {
 			return fmt.Errorf("repair %s: %w", last.Name, err)
 		}
+		w.item.BlobETag = etag
 	}
 	if err := w.blobs.Delete(ctx, w.container, w.blobName(fileName(w.typ, n+1))); err != nil {
 		return fmt.Errorf("repair: delete unrecorded %s: %w", fileName(w.typ, n+1), err)
@@ -142,6 +146,7 @@ func (w *fileWriter) stage(ctx context.Context) error {
 func (w *fileWriter) startFile() {
 	w.item.Files = append(w.item.Files, File{Name: fileName(w.typ, len(w.item.Files)+1)})
 	w.item.Blocks = 0
+	w.item.BlobETag = ""
 }
 
 // commit stages what is buffered and commits the last file's block list. The
@@ -155,10 +160,18 @@ func (w *fileWriter) commit(ctx context.Context) error {
 	}
 	i := len(w.item.Files) - 1
 	blocks := w.item.Blocks + w.staged
-	if err := w.blobs.CommitBlocks(ctx, w.container, w.blobName(w.item.Files[i].Name), blocks); err != nil {
+	// Fencing: a file is created only if it does not exist, and extended only
+	// if nobody committed it since our last commit.
+	cond := Condition{IfMatch: w.item.BlobETag}
+	if w.item.Blocks == 0 {
+		cond = Condition{IfMissing: true}
+	}
+	etag, err := w.blobs.CommitBlocks(ctx, w.container, w.blobName(w.item.Files[i].Name), blocks, cond)
+	if err != nil {
 		return fmt.Errorf("commit %s: %w", w.item.Files[i].Name, err)
 	}
 	w.item.Blocks = blocks
+	w.item.BlobETag = etag
 	w.item.Files[i].Bytes += w.stagedSize
 	w.item.Files[i].Count += w.stagedCnt
 	w.item.Done += w.stagedCnt

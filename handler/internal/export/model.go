@@ -94,6 +94,7 @@ type WorkItem struct {
 	Cursor   Cursor `json:"cursor"`
 	Files    []File `json:"files,omitempty"`    // committed files in order; the last one may still grow
 	Blocks   int    `json:"blocks,omitempty"`   // committed blocks of the last file
+	BlobETag string `json:"blobETag,omitempty"` // ETag of the last file after its last commit: the next commit is If-Match on it
 	Done     int64  `json:"done"`               // resources written so far
 	Expected int64  `json:"expected,omitempty"` // source's count, when known (progress only)
 	Skipped  int64  `json:"skipped,omitempty"`  // duplicates suppressed across member batches

@@ -219,7 +219,7 @@ func (e *Engine) writeWarnings(ctx context.Context, job *Job, item *WorkItem) er
 	if err := e.blobs.StageBlock(ctx, job.Request.Container, blob, 0, buf); err != nil {
 		return fmt.Errorf("write warnings: %w", err)
 	}
-	if err := e.blobs.CommitBlocks(ctx, job.Request.Container, blob, 1); err != nil {
+	if _, err := e.blobs.CommitBlocks(ctx, job.Request.Container, blob, 1, Condition{}); err != nil {
 		return fmt.Errorf("write warnings: %w", err)
 	}
 	item.Files = []File{{Name: name, Count: int64(len(job.Request.Warnings)), Bytes: int64(len(buf))}}

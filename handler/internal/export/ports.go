@@ -37,10 +37,19 @@ type Queue interface {
 type Blobs interface {
 	EnsureContainer(ctx context.Context, container string) error
 	StageBlock(ctx context.Context, container, blob string, block int, data []byte) error
-	CommitBlocks(ctx context.Context, container, blob string, blocks int) error
+	// CommitBlocks commits blocks 0..blocks-1 if the blob meets cond, and
+	// returns the blob's new ETag. A failed condition is a fault.Conflict:
+	// another invocation wrote the blob, so this one must not.
+	CommitBlocks(ctx context.Context, container, blob string, blocks int, cond Condition) (string, error)
 	Delete(ctx context.Context, container, blob string) error // a missing blob is not an error
 	DeletePrefix(ctx context.Context, container, prefix string) error
 	Open(ctx context.Context, container, blob string) (io.ReadCloser, int64, error) // fault.NotFound
+}
+
+// Condition guards a commit. The zero value commits unconditionally.
+type Condition struct {
+	IfMatch   string // commit only if the blob still has this ETag
+	IfMissing bool   // commit only if the blob does not exist yet
 }
 
 // Entry is one entry of a search result page.

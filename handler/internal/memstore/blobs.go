@@ -25,6 +25,7 @@ const maxBlocks = 50000
 type Blobs struct {
 	mu         sync.Mutex
 	containers map[string]map[string]*blob
+	etags      int // ETag sequence
 }
 
 type blob struct {
@@ -32,6 +33,7 @@ type blob struct {
 	staged      map[int][]byte // uncommitted blocks by id
 	exists      bool           // committed at least once
 	contentType string
+	etag        string
 }
 
 var _ export.Blobs = (*Blobs)(nil)
@@ -74,15 +76,18 @@ func (b *Blobs) StageBlock(ctx context.Context, container, name string, block in
 
 // CommitBlocks makes the blob exactly blocks 0..blocks-1 and sets its
 // Content-Type. A block neither staged nor committed is a fault.Internal.
-func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks int) error {
+func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks int, cond export.Condition) (string, error) {
 	if blocks < 0 || blocks > maxBlocks {
-		return fault.New(fault.Internal, "commit %d blocks of %s/%s: out of range", blocks, container, name)
+		return "", fault.New(fault.Internal, "commit %d blocks of %s/%s: out of range", blocks, container, name)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	bl, err := b.blob(container, name, true)
 	if err != nil {
-		return fault.Wrap(fault.KindOf(err), err, "commit %s/%s", container, name)
+		return "", fault.Wrap(fault.KindOf(err), err, "commit %s/%s", container, name)
+	}
+	if (cond.IfMissing && bl.exists) || (cond.IfMatch != "" && (!bl.exists || bl.etag != cond.IfMatch)) {
+		return "", fault.New(fault.Conflict, "commit %s/%s: the blob changed", container, name)
 	}
 	list := make([][]byte, blocks)
 	for i := range list {
@@ -91,12 +96,13 @@ func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks
 			data, ok = bl.committed[i], true
 		}
 		if !ok {
-			return fault.New(fault.Internal, "commit %s/%s: block %d is neither staged nor committed", container, name, i)
+			return "", fault.New(fault.Internal, "commit %s/%s: block %d is neither staged nor committed", container, name, i)
 		}
 		list[i] = data
 	}
-	*bl = blob{committed: list, exists: true, contentType: ContentType}
-	return nil
+	b.etags++
+	*bl = blob{committed: list, exists: true, contentType: ContentType, etag: fmt.Sprintf(`"0x%X"`, b.etags)}
+	return bl.etag, nil
 }
 
 // Delete removes the blob; a missing blob or container is not an error.

@@ -38,6 +38,7 @@ func RunBlobs(t *testing.T, newBlobs func(t *testing.T) (Blobs, string)) {
 		{"MissingContainer", testMissingContainer},
 		{"Delete", testDelete},
 		{"DeletePrefix", testDeletePrefix},
+		{"ConditionalCommitFencesStaleWriters", testConditionalCommit},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -71,7 +72,7 @@ func testCommitPrefix(t *testing.T, b Blobs, container string) {
 	mustOK(t, b.EnsureContainer(ctx, container), "EnsureContainer")
 	const name = "job/Observation-1.ndjson"
 	stage(t, b, container, name, "v1", 0, 1, 2)
-	mustOK(t, b.CommitBlocks(ctx, container, name, 2), "CommitBlocks(2)")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 2, export.Condition{})), "CommitBlocks(2)")
 	wantContent(t, b, container, name, concat(block(0, "v1"), block(1, "v1")))
 	wantNDJSON(t, b, container, name)
 }
@@ -81,9 +82,9 @@ func testRestage(t *testing.T, b Blobs, container string) {
 	mustOK(t, b.EnsureContainer(ctx, container), "EnsureContainer")
 	const name = "job/Patient-1.ndjson"
 	stage(t, b, container, name, "v1", 0, 1)
-	mustOK(t, b.CommitBlocks(ctx, container, name, 2), "first CommitBlocks(2)")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 2, export.Condition{})), "first CommitBlocks(2)")
 	stage(t, b, container, name, "v2", 1)
-	mustOK(t, b.CommitBlocks(ctx, container, name, 2), "second CommitBlocks(2)")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 2, export.Condition{})), "second CommitBlocks(2)")
 	wantContent(t, b, container, name, concat(block(0, "v1"), block(1, "v2")))
 	wantNDJSON(t, b, container, name)
 }
@@ -93,9 +94,9 @@ func testGrow(t *testing.T, b Blobs, container string) {
 	mustOK(t, b.EnsureContainer(ctx, container), "EnsureContainer")
 	const name = "job/Encounter-1.ndjson"
 	stage(t, b, container, name, "v1", 0, 1)
-	mustOK(t, b.CommitBlocks(ctx, container, name, 2), "CommitBlocks(2)")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 2, export.Condition{})), "CommitBlocks(2)")
 	stage(t, b, container, name, "v1", 2)
-	mustOK(t, b.CommitBlocks(ctx, container, name, 3), "CommitBlocks(3)")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 3, export.Condition{})), "CommitBlocks(3)")
 	wantContent(t, b, container, name, concat(block(0, "v1"), block(1, "v1"), block(2, "v1")))
 	wantNDJSON(t, b, container, name)
 }
@@ -107,8 +108,8 @@ func testShrink(t *testing.T, b Blobs, container string) {
 	mustOK(t, b.EnsureContainer(ctx, container), "EnsureContainer")
 	const name = "job/Condition-1.ndjson"
 	stage(t, b, container, name, "v1", 0, 1)
-	mustOK(t, b.CommitBlocks(ctx, container, name, 2), "CommitBlocks(2)")
-	mustOK(t, b.CommitBlocks(ctx, container, name, 1), "CommitBlocks(1)")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 2, export.Condition{})), "CommitBlocks(2)")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 1, export.Condition{})), "CommitBlocks(1)")
 	wantContent(t, b, container, name, string(block(0, "v1")))
 	wantNDJSON(t, b, container, name)
 }
@@ -117,7 +118,7 @@ func testCommitZero(t *testing.T, b Blobs, container string) {
 	ctx := t.Context()
 	mustOK(t, b.EnsureContainer(ctx, container), "EnsureContainer")
 	const name = "job/Empty-1.ndjson"
-	mustOK(t, b.CommitBlocks(ctx, container, name, 0), "CommitBlocks(0)")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 0, export.Condition{})), "CommitBlocks(0)")
 	wantContent(t, b, container, name, "")
 	wantNDJSON(t, b, container, name)
 }
@@ -129,8 +130,8 @@ func testCommitUnknownBlock(t *testing.T, b Blobs, container string) {
 	mustOK(t, b.EnsureContainer(ctx, container), "EnsureContainer")
 	const name = "job/Procedure-1.ndjson"
 	stage(t, b, container, name, "v1", 0, 1)
-	mustOK(t, b.CommitBlocks(ctx, container, name, 1), "CommitBlocks(1)")
-	wantKind(t, b.CommitBlocks(ctx, container, name, 2), fault.Internal, "CommitBlocks(2) after block 1 was dropped")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 1, export.Condition{})), "CommitBlocks(1)")
+	wantKind(t, commitErr(b.CommitBlocks(ctx, container, name, 2, export.Condition{})), fault.Internal, "CommitBlocks(2) after block 1 was dropped")
 	wantContent(t, b, container, name, string(block(0, "v1")))
 }
 
@@ -162,14 +163,14 @@ func testDelete(t *testing.T, b Blobs, container string) {
 	mustOK(t, b.EnsureContainer(ctx, container), "EnsureContainer")
 	const name = "job/Observation-2.ndjson"
 	stage(t, b, container, name, "v1", 0)
-	mustOK(t, b.CommitBlocks(ctx, container, name, 1), "CommitBlocks(1)")
+	mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 1, export.Condition{})), "CommitBlocks(1)")
 	stage(t, b, container, name, "v1", 1)
 	mustOK(t, b.Delete(ctx, container, name), "Delete")
 	_, _, err := b.Open(ctx, container, name)
 	wantKind(t, err, fault.NotFound, "Open after Delete")
 	mustOK(t, b.Delete(ctx, container, name), "second Delete")
 	// Deleting a blob drops its committed and its staged blocks.
-	wantKind(t, b.CommitBlocks(ctx, container, name, 2), fault.Internal, "CommitBlocks(2) after Delete")
+	wantKind(t, commitErr(b.CommitBlocks(ctx, container, name, 2, export.Condition{})), fault.Internal, "CommitBlocks(2) after Delete")
 }
 
 func testDeletePrefix(t *testing.T, b Blobs, container string) {
@@ -182,7 +183,7 @@ func testDeletePrefix(t *testing.T, b Blobs, container string) {
 	kept := []string{"job12/Patient-1.ndjson", "job2/Patient-1.ndjson", "job1.ndjson"}
 	for _, name := range append(doomed, kept...) {
 		stage(t, b, container, name, "v1", 0)
-		mustOK(t, b.CommitBlocks(ctx, container, name, 1), "CommitBlocks "+name)
+		mustOK(t, commitErr(b.CommitBlocks(ctx, container, name, 1, export.Condition{})), "CommitBlocks "+name)
 	}
 	mustOK(t, b.DeletePrefix(ctx, container, "job1/"), "DeletePrefix")
 	for _, name := range doomed {
@@ -222,5 +223,44 @@ func wantNDJSON(t *testing.T, b Blobs, container, name string) {
 	mustOK(t, err, "ContentType "+name)
 	if ct != NDJSON {
 		t.Fatalf("%s has Content-Type %q, want %q", name, ct, NDJSON)
+	}
+}
+
+// commitErr drops the ETag of an unconditional commit.
+func commitErr(_ string, err error) error { return err }
+
+// testConditionalCommit checks the fencing the engine relies on: a file is
+// created only if missing, extended only with the ETag of the last commit,
+// and a commit by someone else makes the old ETag fail.
+func testConditionalCommit(t *testing.T, b Blobs, container string) {
+	ctx := t.Context()
+	mustOK(t, b.EnsureContainer(ctx, container), "EnsureContainer")
+	const name = "job/Patient-1.ndjson"
+	stage(t, b, container, name, "v1", 0, 1, 2)
+	first, err := b.CommitBlocks(ctx, container, name, 1, export.Condition{IfMissing: true})
+	mustOK(t, err, "first commit with IfMissing")
+	if first == "" {
+		t.Fatal("commit returned no ETag")
+	}
+	_, err = b.CommitBlocks(ctx, container, name, 1, export.Condition{IfMissing: true})
+	wantKind(t, err, fault.Conflict, "IfMissing commit of an existing blob")
+	stage(t, b, container, name, "v1", 1, 2) // a commit discards uncommitted blocks
+	second, err := b.CommitBlocks(ctx, container, name, 2, export.Condition{IfMatch: first})
+	mustOK(t, err, "commit If-Match the last ETag")
+	if second == first {
+		t.Error("a commit did not change the ETag")
+	}
+	stage(t, b, container, name, "v1", 2)
+	_, err = b.CommitBlocks(ctx, container, name, 3, export.Condition{IfMatch: first})
+	wantKind(t, err, fault.Conflict, "commit If-Match a stale ETag")
+	wantContent(t, b, container, name, concat(block(0, "v1"), block(1, "v1")))
+	repaired, err := b.CommitBlocks(ctx, container, name, 1, export.Condition{})
+	mustOK(t, err, "unconditional repair commit")
+	_, err = b.CommitBlocks(ctx, container, name, 2, export.Condition{IfMatch: second})
+	wantKind(t, err, fault.Conflict, "commit by a writer that missed the repair")
+	wantContent(t, b, container, name, concat(block(0, "v1")))
+	wantNDJSON(t, b, container, name)
+	if repaired == second {
+		t.Error("the repair commit did not change the ETag")
 	}
 }

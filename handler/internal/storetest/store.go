@@ -88,6 +88,7 @@ func sampleItem(jobID, id string) *export.WorkItem {
 		UpdatedAt:   t1,
 		LeaseOwner:  "instance-1/invocation-7",
 		LeaseUntil:  t1.Add(10 * time.Minute),
+		BlobETag:    `"0x8DCAFE"`,
 		Batches:     4,
 	}
 }
