@@ -467,3 +467,24 @@ func TestTheSameMessageDeliveredTwiceConcurrentlyWritesOnce(t *testing.T) {
 	}
 	wantExactly(t, b.lines(t, st, set.MaxFileBytes), want)
 }
+
+func TestExpiredNextLinksResumeWithoutLossOrRepeatsAcrossTies(t *testing.T) {
+	set := DefaultSettings()
+	set.PageSize = 4
+	b := setup(t, set, nil)
+	// 30 Observations, many sharing one instant, so that page boundaries
+	// fall inside runs of equal lastUpdated values.
+	want := map[string][]string{}
+	for i := range 30 {
+		at := t0.Add(time.Duration(i/7) * time.Minute) // runs of 7 ties
+		r := resource("Observation", fmt.Sprintf("o%02d", (i*11)%30), at, `"status":"final"`)
+		b.source.add(r)
+		want["Observation"] = append(want["Observation"], compact(r))
+	}
+	b.source.expireAfter = 3 // after the first pages every next link has expired
+	st := b.export(t, Request{Level: LevelSystem, Types: []string{"Observation"}}, 5)
+	if st.Phase != Completed {
+		t.Fatalf("phase %v, failure %v", st.Phase, st.Failure)
+	}
+	wantExactly(t, b.lines(t, st, 0), want)
+}

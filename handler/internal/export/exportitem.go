@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,6 +15,9 @@ import (
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 	"github.com/azfhir/bulkexport/handler/internal/fhir"
 )
+
+// maxRestartCount caps the page size of a search restarted after a lost next link.
+const maxRestartCount = 10000
 
 // checkpointEvery bounds the work redone after a crash: an item commits and
 // records its position at least this often, and whenever a block is full.
@@ -94,6 +98,61 @@ type itemRun struct {
 	link    fhir.CompartmentLink
 	members []string // ids of the batch being searched
 	batchOf int      // which batch members holds (-1: none)
+	pos     position // where the search stands, resource by resource
+
+	lastRestart restartPoint // where the last restart after a lost next link began
+}
+
+type restartPoint struct {
+	after time.Time
+	ties  int
+}
+
+// position is the keyset of the last resource passed in a search sorted by
+// _lastUpdated: its instant and every id passed at that instant.
+type position struct {
+	After time.Time
+	Ties  []string
+	seen  map[string]bool // Ties as a set
+	// unsorted: the source did not return the search in _lastUpdated order,
+	// so the position cannot be trusted to restart from.
+	unsorted bool
+}
+
+// passed reports whether a resource at (lastUpdated, id) was already passed.
+func (p *position) passed(lastUpdated time.Time, id string) bool {
+	if lastUpdated.IsZero() || p.After.IsZero() || p.unsorted {
+		return false
+	}
+	if lastUpdated.Before(p.After) {
+		return true
+	}
+	if !lastUpdated.Equal(p.After) {
+		return false
+	}
+	if p.seen == nil {
+		p.seen = make(map[string]bool, len(p.Ties))
+		for _, t := range p.Ties {
+			p.seen[t] = true
+		}
+	}
+	return p.seen[id]
+}
+
+// pass moves the position past a resource.
+func (p *position) pass(lastUpdated time.Time, id string) {
+	switch {
+	case lastUpdated.IsZero():
+	case lastUpdated.Before(p.After):
+		p.unsorted = true
+	case lastUpdated.Equal(p.After):
+		p.Ties = append(p.Ties, id)
+		if p.seen != nil {
+			p.seen[id] = true
+		}
+	case lastUpdated.After(p.After):
+		p.After, p.Ties, p.seen = lastUpdated, []string{id}, nil
+	}
 }
 
 func (e *Engine) newItemRun(ctx context.Context, job *Job, item *WorkItem) (*itemRun, error) {
@@ -129,11 +188,16 @@ func (r *itemRun) finished(c Cursor) bool { return c.Query >= len(r.queries) }
 
 // advance moves the cursor past a page whose next link is next.
 func (r *itemRun) advance(c Cursor, next string) Cursor {
+	c.After, c.Ties = r.pos.After, r.pos.Ties
+	if r.pos.unsorted {
+		c.After, c.Ties = time.Time{}, nil // no safe restart point
+	}
 	if next != "" {
 		c.Next = next
 		return c
 	}
-	c.Next = ""
+	c.Next, c.After, c.Ties = "", time.Time{}, nil
+	r.pos = position{}
 	if r.batches > 0 {
 		c.Batch++
 		if c.Batch < r.batches {
@@ -177,10 +241,45 @@ func (r *itemRun) pageURL(ctx context.Context, c Cursor) (string, error) {
 // next link. The resources of a second or later OR-ed filter query are held
 // for the page so that those an earlier query matched can be left out.
 func (r *itemRun) page(ctx context.Context, w *fileWriter, c Cursor) (string, error) {
+	if r.pos.After.IsZero() && !c.After.IsZero() {
+		r.pos = position{After: c.After, Ties: c.Ties}
+	}
 	pageURL, err := r.pageURL(ctx, c)
 	if err != nil {
 		return "", err
 	}
+	next, err := r.visitPage(ctx, w, c, pageURL)
+	if err != nil && c.Next != "" && !c.After.IsZero() && fault.Is(err, fault.Permanent) {
+		// The source no longer honours the next link (its paging state
+		// expired, or it restarted). Nothing after the last checkpoint was
+		// committed, so search again from the recorded position.
+		zerolog.Ctx(ctx).Warn().Err(err).Time("after", c.After).Msg("next link rejected; resuming the search from the last position")
+		restart := c
+		restart.Next = ""
+		restartURL, uerr := r.pageURL(ctx, restart)
+		if uerr != nil {
+			return "", uerr
+		}
+		// Ask for enough resources to get past the ties already written, so
+		// that a restart always makes progress even if links keep expiring.
+		count := r.e.set.PageSize + len(c.Ties)
+		progress := restartPoint{after: c.After, ties: len(c.Ties)}
+		if r.lastRestart == progress {
+			return "", fault.Wrap(fault.Permanent, err, "the source keeps rejecting next links and a restarted search made no progress past %s", fhir.FormatInstant(c.After))
+		}
+		r.lastRestart = progress
+		if count > maxRestartCount {
+			return "", fault.Wrap(fault.Permanent, err, "the source rejected a next link and %d resources share the last position; cannot resume", len(c.Ties))
+		}
+		restartURL = strings.Replace(restartURL, "_count="+strconv.Itoa(r.e.set.PageSize), "_count="+strconv.Itoa(count), 1)
+		restartURL += "&_lastUpdated=" + url.QueryEscape("ge"+fhir.FormatInstant(c.After))
+		return r.visitPage(ctx, w, c, restartURL)
+	}
+	return next, err
+}
+
+// visitPage fetches one page and writes the resources not passed before.
+func (r *itemRun) visitPage(ctx context.Context, w *fileWriter, c Cursor, pageURL string) (string, error) {
 	var held []heldResource
 	next, err := r.e.source.Page(ctx, pageURL, func(en Entry) error {
 		if en.Mode != "" && en.Mode != "match" {
@@ -189,10 +288,15 @@ func (r *itemRun) page(ctx context.Context, w *fileWriter, c Cursor) (string, er
 			}
 			return nil
 		}
-		typ, id := resourceTypeAndID(en.Resource)
-		if typ != r.item.Type {
-			return fault.New(fault.Permanent, "the source answered a %s search with a %q resource", r.item.Type, typ)
+		head := readHead(en.Resource)
+		if head.ResourceType != r.item.Type {
+			return fault.New(fault.Permanent, "the source answered a %s search with a %q resource", r.item.Type, head.ResourceType)
 		}
+		id := head.ID
+		if r.pos.passed(head.LastUpdated, id) {
+			return nil
+		}
+		r.pos.pass(head.LastUpdated, id)
 		if r.owner != nil && !r.ownsResource(en.Resource, c.Batch) {
 			r.item.Skipped++
 			return nil
@@ -240,8 +344,8 @@ func (r *itemRun) writeUnmatchedByEarlierQueries(ctx context.Context, w *fileWri
 		for next != "" {
 			var err error
 			next, err = r.e.source.Page(ctx, next, func(en Entry) error {
-				if _, id := resourceTypeAndID(en.Resource); en.Mode == "" || en.Mode == "match" {
-					seen[id] = true
+				if en.Mode == "" || en.Mode == "match" {
+					seen[readHead(en.Resource).ID] = true
 				}
 				return nil
 			})
@@ -324,14 +428,28 @@ func collectReferences(v json.RawMessage, path []string, out *[]string) {
 	}
 }
 
-// resourceTypeAndID reads a resource's type and id.
-func resourceTypeAndID(resource []byte) (string, string) {
+// head is what the engine reads of every resource.
+type head struct {
+	ResourceType string
+	ID           string
+	LastUpdated  time.Time // zero if absent or unparsable
+}
+
+// readHead reads a resource's type, id and meta.lastUpdated.
+func readHead(resource []byte) head {
 	var r struct {
 		ResourceType string `json:"resourceType"`
 		ID           string `json:"id"`
+		Meta         struct {
+			LastUpdated string `json:"lastUpdated"`
+		} `json:"meta"`
 	}
 	if json.Unmarshal(resource, &r) != nil {
-		return "", ""
+		return head{}
 	}
-	return r.ResourceType, r.ID
+	h := head{ResourceType: r.ResourceType, ID: r.ID}
+	if t, err := time.Parse(time.RFC3339Nano, r.Meta.LastUpdated); err == nil {
+		h.LastUpdated = t
+	}
+	return h
 }

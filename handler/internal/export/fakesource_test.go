@@ -27,6 +27,9 @@ type fakeSource struct {
 	maxCount int
 	requests int
 	failures []error // returned by the next Page calls, in order
+	// expireAfter makes every next link fail as expired once that many
+	// pages have been served (0: never).
+	expireAfter int
 }
 
 type fakeResource struct {
@@ -111,11 +114,22 @@ func (s *fakeSource) Page(ctx context.Context, pageURL string, visit func(Entry)
 		count = c
 	}
 	offset, _ := strconv.Atoi(q.Get("_offset"))
+	if offset > 0 && s.expireAfter > 0 && s.requests > s.expireAfter {
+		return "", fault.New(fault.Permanent, "410 Gone: the paging state for this search has expired")
+	}
 	var hits []fakeResource
 	for _, r := range s.data[typ] {
 		if matches(r, q) {
 			hits = append(hits, r)
 		}
+	}
+	if q.Get("_sort") == "_lastUpdated" {
+		slices.SortStableFunc(hits, func(a, b fakeResource) int {
+			if c := a.lastUpdated.Compare(b.lastUpdated); c != 0 {
+				return c
+			}
+			return strings.Compare(a.id, b.id)
+		})
 	}
 	end := min(offset+count, len(hits))
 	for _, r := range hits[offset:end] {
@@ -137,7 +151,7 @@ func matches(r fakeResource, q url.Values) bool {
 	for key, values := range q {
 		for _, v := range values {
 			switch key {
-			case "_count", "_offset", "_summary":
+			case "_count", "_offset", "_summary", "_sort":
 			case "_lastUpdated":
 				t, err := time.Parse(time.RFC3339Nano, v[2:])
 				if err != nil {
@@ -150,6 +164,10 @@ func matches(r fakeResource, q url.Values) bool {
 					}
 				case "le":
 					if r.lastUpdated.After(t) {
+						return false
+					}
+				case "ge":
+					if r.lastUpdated.Before(t) {
 						return false
 					}
 				default:

@@ -82,6 +82,13 @@ type Cursor struct {
 	Query int    `json:"query"`          // index of the _typeFilter query being run (OR-ed queries run one by one)
 	Batch int    `json:"batch"`          // Patient/Group: index of the member batch being searched
 	Next  string `json:"next,omitempty"` // the next page to fetch; empty: start the batch (or the search) afresh
+
+	// The search is sorted by _lastUpdated. After is the lastUpdated of the
+	// last resource passed and Ties the ids passed at exactly that instant, so
+	// that a search whose next link the source no longer honours restarts at
+	// _lastUpdated=ge<After> and skips what was already written.
+	After time.Time `json:"after,omitzero"`
+	Ties  []string  `json:"ties,omitempty"`
 }
 
 // WorkItem is one unit of export work: one resource type of one job, or the plan.

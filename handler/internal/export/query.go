@@ -42,6 +42,7 @@ func searchQuery(job *Job, t, filter string, members []string, pageSize int) str
 	if pageSize > 0 {
 		q.Set("_count", strconv.Itoa(pageSize))
 	}
+	q.Set("_sort", "_lastUpdated")
 	if members != nil {
 		param, values := compartmentParam(t, members)
 		q.Set(param, values)

@@ -72,11 +72,12 @@ func sampleJob(id string) *export.Job {
 
 func sampleItem(jobID, id string) *export.WorkItem {
 	return &export.WorkItem{
-		JobID:       jobID,
-		ID:          id,
-		Type:        id,
-		State:       export.ItemPending,
-		Cursor:      export.Cursor{Query: 1, Batch: 2, Next: "https://fhir.example/Observation?_getpages=abc&_offset=400"},
+		JobID: jobID,
+		ID:    id,
+		Type:  id,
+		State: export.ItemPending,
+		Cursor: export.Cursor{Query: 1, Batch: 2, Next: "https://fhir.example/Observation?_getpages=abc&_offset=400",
+			After: t1.Add(-time.Hour), Ties: []string{"o-1", "o-2"}},
 		Files:       []export.File{{Name: id + "-1.ndjson", Count: 10, Bytes: 4096}},
 		Blocks:      3,
 		Done:        10,
