@@ -114,6 +114,7 @@ func run(log zerolog.Logger, args []string) error {
 			defer close(workersDone)
 			queueworker.Run(ctx, app.receiver, app.engine, queueworker.Options{
 				Workers: cfg.Workers, MaxDequeueCount: cfg.MaxDequeueCount, RetryDelay: cfg.VisibilityTimeout,
+				Visibility: cfg.RunningVisibility,
 			})
 		}()
 	} else {
@@ -173,7 +174,10 @@ func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode strin
 		}
 		token = &entraToken{cred: cred, scope: scope}
 	}
-	source, err := fhirsource.New(fhirsource.Options{BaseURL: cfg.FHIRServerURL, Token: token, UserAgent: "bulkexport/" + version})
+	source, err := fhirsource.New(fhirsource.Options{
+		BaseURL: cfg.FHIRServerURL, Token: token, UserAgent: "bulkexport/" + version,
+		MaxAttempts: cfg.FHIRAttempts, BaseBackoff: cfg.FHIRBackoff,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("FHIR_SERVER_URL: %w", err)
 	}
@@ -183,6 +187,7 @@ func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode strin
 	set.PageSize, set.MemberBatch = cfg.PageSize, cfg.MemberBatch
 	set.InvocationBudget, set.Retention = cfg.InvocationBudget, cfg.Retention
 	set.SystemTypes = cfg.SystemTypes
+	set.Lease, set.StallAfter = cfg.Lease, cfg.StallAfter
 	engine := export.New(account.Store(), account.Queue(), account.Blobs(), source, set, nil)
 
 	api := httpapi.New(engine, httpapi.Options{

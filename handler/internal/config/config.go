@@ -37,10 +37,12 @@ type Storage struct {
 type Config struct {
 	Storage Storage
 
-	FHIRServerURL string // FHIR_SERVER_URL: base of the source FHIR R4 server
-	FHIRAuth      string // FHIR_AUTH: "none" or "azure" (Entra ID token via azidentity)
-	FHIRScope     string // FHIR_AUTH_SCOPE: default "<origin of FHIR_SERVER_URL>/.default"
-	FHIRClientID  string // FHIR_AUTH_CLIENT_ID: user-assigned identity for the source; empty: system-assigned
+	FHIRServerURL string        // FHIR_SERVER_URL: base of the source FHIR R4 server
+	FHIRAuth      string        // FHIR_AUTH: "none" or "azure" (Entra ID token via azidentity)
+	FHIRScope     string        // FHIR_AUTH_SCOPE: default "<origin of FHIR_SERVER_URL>/.default"
+	FHIRClientID  string        // FHIR_AUTH_CLIENT_ID: user-assigned identity for the source; empty: system-assigned
+	FHIRAttempts  int           // FHIR_RETRY_ATTEMPTS: tries of one source request while it fails transiently
+	FHIRBackoff   time.Duration // FHIR_RETRY_BACKOFF: first backoff ceiling, doubled per try (capped at 30s)
 
 	Container string // EXPORT_CONTAINER: default destination container
 	Table     string // EXPORT_TABLE: job table
@@ -55,11 +57,14 @@ type Config struct {
 	InvocationBudget time.Duration // EXPORT_INVOCATION_BUDGET: paging time per worker invocation
 	Retention        time.Duration // EXPORT_RETENTION: Expires of a completed manifest
 	RetryAfter       time.Duration // EXPORT_RETRY_AFTER: Retry-After of an in-progress status
+	Lease            time.Duration // EXPORT_LEASE: how long a work item stays owned after its last checkpoint
+	StallAfter       time.Duration // EXPORT_STALL_AFTER: an unowned pending item unchanged this long is enqueued again
 
 	// Standalone mode only (in Functions, host.json's extensions.queues decide).
 	Workers           int           // EXPORT_WORKERS: concurrent work items per process
 	MaxDequeueCount   int           // EXPORT_MAX_DEQUEUE_COUNT: deliveries before a message is poisoned
 	VisibilityTimeout time.Duration // EXPORT_RETRY_DELAY: wait before a failed message is delivered again
+	RunningVisibility time.Duration // EXPORT_VISIBILITY: a running message stays hidden this long, renewed at half-time
 
 	FunctionsPort string // FUNCTIONS_CUSTOMHANDLER_PORT: set by the Functions host
 	LogLevel      string // LOG_LEVEL: debug, info, warn, error
@@ -88,6 +93,8 @@ func Load(getenv func(string) string) (Config, error) {
 		FHIRAuth:          strings.ToLower(r.str("FHIR_AUTH", "none")),
 		FHIRScope:         r.str("FHIR_AUTH_SCOPE", ""),
 		FHIRClientID:      r.str("FHIR_AUTH_CLIENT_ID", ""),
+		FHIRAttempts:      r.integer("FHIR_RETRY_ATTEMPTS", 8, 1, 20),
+		FHIRBackoff:       r.duration("FHIR_RETRY_BACKOFF", time.Second, 10*time.Millisecond, time.Minute),
 		Container:         r.str("EXPORT_CONTAINER", "bulk-export"),
 		Table:             r.str("EXPORT_TABLE", "exportjobs"),
 		Queue:             r.str("EXPORT_QUEUE", QueueName),
@@ -100,9 +107,12 @@ func Load(getenv func(string) string) (Config, error) {
 		InvocationBudget:  r.duration("EXPORT_INVOCATION_BUDGET", 8*time.Minute, time.Second, 24*time.Hour),
 		Retention:         r.duration("EXPORT_RETENTION", 24*time.Hour, time.Minute, 365*24*time.Hour),
 		RetryAfter:        r.duration("EXPORT_RETRY_AFTER", 2*time.Second, time.Second, 5*time.Second),
+		Lease:             r.duration("EXPORT_LEASE", 2*time.Minute, 2*time.Second, time.Hour),
+		StallAfter:        r.duration("EXPORT_STALL_AFTER", 15*time.Minute, 5*time.Second, 24*time.Hour),
 		Workers:           r.integer("EXPORT_WORKERS", 4, 1, 64),
 		MaxDequeueCount:   r.integer("EXPORT_MAX_DEQUEUE_COUNT", 5, 1, 100),
 		VisibilityTimeout: r.duration("EXPORT_RETRY_DELAY", 30*time.Second, 0, time.Hour),
+		RunningVisibility: r.duration("EXPORT_VISIBILITY", 2*time.Minute, 2*time.Second, time.Hour),
 		FunctionsPort:     r.str("FUNCTIONS_CUSTOMHANDLER_PORT", ""),
 		LogLevel:          strings.ToLower(r.str("LOG_LEVEL", "info")),
 	}
@@ -143,6 +153,9 @@ func (c *Config) validate(r *reader) {
 	}
 	if int64(c.BlockBytes) > c.MaxFileBytes {
 		r.fail("EXPORT_BLOCK_BYTES", "(%d) must not exceed EXPORT_MAX_FILE_BYTES (%d)", c.BlockBytes, c.MaxFileBytes)
+	}
+	if c.StallAfter <= c.Lease {
+		r.fail("EXPORT_STALL_AFTER", "(%s) must be longer than EXPORT_LEASE (%s), or a running item would be enqueued again", c.StallAfter, c.Lease)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

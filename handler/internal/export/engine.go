@@ -14,6 +14,8 @@ type Settings struct {
 	InvocationBudget time.Duration // a worker invocation stops paging after this and continues in a new message
 	Retention        time.Duration // how long files are promised after completion (Expires)
 	SystemTypes      []string      // if set, the types of a system export without _type (else the source's CapabilityStatement)
+	Lease            time.Duration // how long an item stays owned after its last checkpoint
+	StallAfter       time.Duration // a pending item with no owner and no change for this long is enqueued again
 }
 
 // DefaultSettings are the production defaults.
@@ -26,6 +28,8 @@ func DefaultSettings() Settings {
 		ClockMargin:      2 * time.Second,
 		InvocationBudget: 8 * time.Minute,
 		Retention:        24 * time.Hour,
+		Lease:            2 * time.Minute,
+		StallAfter:       15 * time.Minute,
 	}
 }
 

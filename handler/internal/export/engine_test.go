@@ -306,6 +306,9 @@ func (f *failingBlobs) tick() error {
 }
 
 func (f *failingBlobs) StageBlock(ctx context.Context, c, b string, n int, d []byte) error {
+	if strings.HasPrefix(b, ".preflight/") { // kick-off's own probe: a failure there is the client's answer
+		return f.Blobs.StageBlock(ctx, c, b, n, d)
+	}
 	if err := f.tick(); err != nil {
 		return err
 	}
@@ -313,6 +316,9 @@ func (f *failingBlobs) StageBlock(ctx context.Context, c, b string, n int, d []b
 }
 
 func (f *failingBlobs) CommitBlocks(ctx context.Context, c, b string, n int, cond Condition) (string, error) {
+	if strings.HasPrefix(b, ".preflight/") {
+		return f.Blobs.CommitBlocks(ctx, c, b, n, cond)
+	}
 	err := f.tick()
 	if err != nil && !f.afterCommit {
 		return "", err
@@ -485,6 +491,64 @@ func TestExpiredNextLinksResumeWithoutLossOrRepeatsAcrossTies(t *testing.T) {
 	st := b.export(t, Request{Level: LevelSystem, Types: []string{"Observation"}}, 5)
 	if st.Phase != Completed {
 		t.Fatalf("phase %v, failure %v", st.Phase, st.Failure)
+	}
+	wantExactly(t, b.lines(t, st, 0), want)
+}
+
+// forbiddenBlobs answers every write as a storage account would to an
+// identity without a data role.
+type forbiddenBlobs struct{ Blobs }
+
+func (forbiddenBlobs) StageBlock(ctx context.Context, c, b string, n int, d []byte) error {
+	return fault.New(fault.Forbidden, "403 AuthorizationPermissionMismatch")
+}
+
+func TestKickOffRefusesADestinationItCannotWrite(t *testing.T) {
+	b := setup(t, Settings{}, func(inner Blobs) Blobs { return forbiddenBlobs{inner} })
+	population(b.source, 1, 1)
+	_, err := b.engine.KickOff(context.Background(), Request{Level: LevelSystem, Container: "bulk-export"})
+	if !fault.Is(err, fault.Forbidden) || !strings.Contains(err.Error(), "Storage Blob Data Contributor") {
+		t.Fatalf("got %v, want a Forbidden error naming the missing role", err)
+	}
+	if msgs := b.queue.Pending(); len(msgs) != 0 {
+		t.Errorf("a refused kick-off left %d messages", len(msgs))
+	}
+}
+
+func TestAStalledItemIsEnqueuedAgainByTheStatusWatchdog(t *testing.T) {
+	now := t0
+	clock := func() time.Time { return now }
+	b := setup(t, Settings{}, nil)
+	b.engine = New(b.store, b.queue, b.blobs, b.source, DefaultSettings(), clock)
+	want := population(b.source, 2, 3)
+	delete(want, "Group")
+	ctx := context.Background()
+	job, err := b.engine.KickOff(ctx, Request{Level: LevelSystem, Types: []string{"Patient", "Observation"}, Container: "bulk-export"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Lose the plan message, as a purge or a poisoning would.
+	ds, _ := b.queue.Receive(ctx, 32, time.Minute)
+	for _, d := range ds {
+		b.queue.Delete(ctx, d)
+	}
+	if st, _ := b.engine.Status(ctx, job.ID); st.Phase != InProgress || len(b.queue.Pending()) != 0 {
+		t.Fatalf("before the stall period the watchdog must not act: phase %v, %d messages", st.Phase, len(b.queue.Pending()))
+	}
+	now = now.Add(DefaultSettings().StallAfter + time.Second)
+	if _, err := b.engine.Status(ctx, job.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.engine.Status(ctx, job.ID); err != nil { // a second poll must not enqueue again
+		t.Fatal(err)
+	}
+	if n := len(b.queue.Pending()); n != 1 {
+		t.Fatalf("watchdog enqueued %d messages, want 1", n)
+	}
+	b.drain(t, 5)
+	st, err := b.engine.Status(ctx, job.ID)
+	if err != nil || st.Phase != Completed {
+		t.Fatalf("phase %v err %v failure %v", st.Phase, err, st.Failure)
 	}
 	wantExactly(t, b.lines(t, st, 0), want)
 }

@@ -20,8 +20,10 @@ import (
 const maxRestartCount = 10000
 
 // checkpointEvery bounds the work redone after a crash: an item commits and
-// records its position at least this often, and whenever a block is full.
-const checkpointEvery = 10 * time.Second
+// records its position (renewing its lease) at least this often, and
+// whenever a block is full. It is well inside the lease, so a live owner
+// never loses its item between two checkpoints.
+func (e *Engine) checkpointEvery() time.Duration { return min(10*time.Second, e.set.Lease/4) }
 
 // exportItem pages the source for one work item and writes its NDJSON files,
 // from the recorded cursor on. It returns when the item is done, or when the
@@ -51,7 +53,7 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 			finished = run.finished(cur)
 		}
 		outOfTime := time.Now().After(deadline)
-		if !finished && !outOfTime && w.pending() < int64(e.set.BlockBytes) && time.Since(lastCheckpoint) < checkpointEvery {
+		if !finished && !outOfTime && w.pending() < int64(e.set.BlockBytes) && time.Since(lastCheckpoint) < e.checkpointEvery() {
 			continue
 		}
 

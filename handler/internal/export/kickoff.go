@@ -44,8 +44,8 @@ func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
 			return nil, fmt.Errorf("read Group/%s: %w", req.GroupID, err)
 		}
 	}
-	if err := e.blobs.EnsureContainer(ctx, req.Container); err != nil {
-		return nil, fmt.Errorf("prepare destination container %q: %w", req.Container, err)
+	if err := e.preflight(ctx, req.Container); err != nil {
+		return nil, err
 	}
 
 	job := &Job{
@@ -73,6 +73,33 @@ func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
 	zerolog.Ctx(ctx).Info().Str("job", job.ID).Str("exportLevel", string(req.Level)).
 		Time("transactionTime", job.TransactionTime).Msg("export accepted")
 	return job, nil
+}
+
+// preflight proves, before a job is accepted, that the destination container
+// exists (or can be created) and can be written, so that an export that could
+// never finish is refused at kick-off with the reason instead.
+func (e *Engine) preflight(ctx context.Context, container string) error {
+	explain := func(err error) error {
+		if fault.Is(err, fault.Forbidden) {
+			return fault.Wrap(fault.Forbidden, err, "the service's identity may not write to the destination container %q "+
+				"(it needs the Storage Blob Data Contributor role on it)", container)
+		}
+		return fmt.Errorf("the destination container %q cannot be written: %w", container, err)
+	}
+	if err := e.blobs.EnsureContainer(ctx, container); err != nil {
+		return explain(err)
+	}
+	probe := ".preflight/" + newOwner()
+	if err := e.blobs.StageBlock(ctx, container, probe, 0, []byte("{}\n")); err != nil {
+		return explain(err)
+	}
+	if _, err := e.blobs.CommitBlocks(ctx, container, probe, 1, Condition{IfMissing: true}); err != nil {
+		return explain(err)
+	}
+	if err := e.blobs.Delete(ctx, container, probe); err != nil {
+		return explain(err)
+	}
+	return nil
 }
 
 // Cancel stops a job: later status requests answer not found, workers stop

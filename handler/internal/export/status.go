@@ -3,6 +3,7 @@ package export
 import (
 	"context"
 	"fmt"
+	"github.com/rs/zerolog"
 	"sort"
 	"time"
 
@@ -22,7 +23,33 @@ func (e *Engine) Status(ctx context.Context, jobID string) (*Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read work items of job %s: %w", jobID, err)
 	}
+	e.restartStalled(ctx, items)
 	return deriveStatus(job, items), nil
+}
+
+// restartStalled is the watchdog that keeps a job from hanging when a work
+// item's message was lost (poisoned while storage was down, purged by hand):
+// a pending item that nobody owns and that has not changed for StallAfter is
+// enqueued again. Taking the item first (If-Match) makes one poller do it;
+// a repeated message is harmless, since an item runs under its lease.
+func (e *Engine) restartStalled(ctx context.Context, items []*WorkItem) {
+	now := e.now().UTC()
+	for _, it := range items {
+		if it.State != ItemPending || it.LeaseUntil.After(now) || now.Sub(it.UpdatedAt) < e.set.StallAfter {
+			continue
+		}
+		stalled := *it
+		stalled.UpdatedAt = now
+		if err := e.store.UpdateItem(ctx, &stalled); err != nil {
+			continue // someone else touched it: not stalled, or already restarted
+		}
+		if err := e.queue.Enqueue(ctx, Message{Job: it.JobID, Item: it.ID}); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Str("job", it.JobID).Str("workItem", it.ID).Msg("could not enqueue a stalled work item again")
+			continue
+		}
+		zerolog.Ctx(ctx).Warn().Str("job", it.JobID).Str("workItem", it.ID).Time("lastChange", it.UpdatedAt).
+			Msg("work item made no progress and had no owner; enqueued again")
+	}
 }
 
 func deriveStatus(job *Job, items []*WorkItem) *Status {

@@ -20,12 +20,6 @@ type Attempt struct {
 	InvocationID string // for logs
 }
 
-// leaseDuration is how long a work item stays owned by an invocation after
-// its last checkpoint. Checkpoints come at least every checkpointEvery, so a
-// live owner keeps it; a crashed owner's lease has lapsed by the time the
-// queue delivers its message again.
-const leaseDuration = 2 * time.Minute
-
 // errLeaseLost stops an invocation that no longer owns its item.
 var errLeaseLost = fault.New(fault.Conflict, "another invocation owns this work item")
 
@@ -190,7 +184,7 @@ func (e *Engine) acquire(ctx context.Context, item *WorkItem, owner string) erro
 	if item.LeaseOwner != "" && item.LeaseUntil.After(now) {
 		return errBusy
 	}
-	item.LeaseOwner, item.LeaseUntil = owner, now.Add(leaseDuration)
+	item.LeaseOwner, item.LeaseUntil = owner, now.Add(e.set.Lease)
 	item.Attempts++
 	item.UpdatedAt = now
 	err := e.store.UpdateItem(ctx, item)
@@ -206,7 +200,7 @@ func (e *Engine) record(ctx context.Context, item *WorkItem) error {
 	now := e.now().UTC()
 	item.UpdatedAt = now
 	if item.State == ItemPending && item.LeaseOwner != "" {
-		item.LeaseUntil = now.Add(leaseDuration)
+		item.LeaseUntil = now.Add(e.set.Lease)
 	} else {
 		item.LeaseOwner, item.LeaseUntil = "", time.Time{}
 	}

@@ -1,0 +1,300 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+
+	"github.com/azfhir/bulkexport/tests/bulkclient"
+	"github.com/azfhir/bulkexport/tests/fhirsample"
+)
+
+// faultySource serves the sample data in-process, with failure injection on,
+// so a test can slow it down, fail it and expire its links.
+func faultySource(t *testing.T) (*fhirsample.Server, string) {
+	t.Helper()
+	srv, err := fhirsample.New(dataDir, fhirsample.Options{FailureInjection: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.Handler())
+	t.Cleanup(hs.Close)
+	return srv, hs.URL + "/fhir"
+}
+
+// process is a handler that the test can kill and start again on the same
+// storage, port and settings.
+type process struct {
+	t    *testing.T
+	addr string
+	env  []string
+	cmd  *exec.Cmd
+	logs *bytes.Buffer
+}
+
+func newProcess(t *testing.T, fhirURL string, extra ...string) *process {
+	suffix := randomSuffix()
+	p := &process{t: t, addr: freeAddr(), logs: &bytes.Buffer{}}
+	p.env = append(os.Environ(),
+		"AzureWebJobsStorage="+os.Getenv("AZURE_STORAGE_CONNECTION_STRING"),
+		"FHIR_SERVER_URL="+fhirURL,
+		"EXPORT_TABLE=fault"+suffix,
+		"EXPORT_QUEUE=fault-"+suffix,
+		"EXPORT_CONTAINER=fault-"+suffix,
+		"EXPORT_RETRY_AFTER=1s",
+		"LOG_LEVEL=warn",
+	)
+	p.env = append(p.env, extra...)
+	p.start()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("handler log:\n%s", tail(p.logs.String(), 80))
+		}
+	})
+	return p
+}
+
+func (p *process) setting(name string) string {
+	for i := len(p.env) - 1; i >= 0; i-- {
+		if v, ok := strings.CutPrefix(p.env[i], name+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+func (p *process) base() string { return "http://" + p.addr }
+
+func (p *process) start() {
+	p.t.Helper()
+	p.cmd = exec.Command(filepath.Join(os.Getenv("BULKEXPORT_DIST"), "handler"), "serve", "-addr", p.addr)
+	p.cmd.Env = p.env
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	if err := waitFor(p.base() + "/metadata"); err != nil {
+		p.t.Fatalf("%v\n%s", err, tail(p.logs.String(), 40))
+	}
+}
+
+// kill ends the process with SIGKILL: no shutdown, no deferred writes.
+func (p *process) kill() {
+	if p.cmd != nil && p.cmd.Process != nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+		p.cmd = nil
+	}
+}
+
+// TestSIGKILLAtRandomMomentsLosesAndRepeatsNothing kills the handler at
+// random moments during an export, restarts it each time, and checks the
+// result is exactly the source data. FAULT_KILLS sets the number of kills
+// (20 in make test; make fault runs more).
+func TestSIGKILLAtRandomMomentsLosesAndRepeatsNothing(t *testing.T) {
+	kills := 20
+	if v, err := strconv.Atoi(os.Getenv("FAULT_KILLS")); err == nil && v > 0 {
+		kills = v
+	}
+	src, fhirURL := faultySource(t)
+	src.SetSearchDelay(15 * time.Millisecond) // long enough to be killed many times mid-export
+	const limit = 120000
+	p := newProcess(t, fhirURL,
+		"EXPORT_PAGE_SIZE=10", "EXPORT_MAX_FILE_BYTES="+strconv.Itoa(limit), "EXPORT_BLOCK_BYTES=20000",
+		"EXPORT_LEASE=3s", "EXPORT_VISIBILITY=4s", "EXPORT_RETRY_DELAY=1s", "EXPORT_STALL_AFTER=30s",
+		"EXPORT_WORKERS=4", "EXPORT_MAX_DEQUEUE_COUNT=50")
+	client := &bulkclient.Client{Base: p.base(), MaxWait: 5 * time.Minute}
+	statusURL, err := client.KickOff(ctx(t), "/$export")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	done := 0
+	for done < kills {
+		time.Sleep(time.Duration(200+rng.IntN(1300)) * time.Millisecond)
+		if finished(t, statusURL) {
+			break
+		}
+		p.kill()
+		done++
+		p.start()
+	}
+	t.Logf("killed the handler %d times during the export", done)
+	if done < kills {
+		t.Errorf("the export finished after only %d of %d kills; slow the source down", done, kills)
+	}
+	m, _, err := client.Wait(ctx(t), statusURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := client.Download(ctx(t), m)
+	if err != nil {
+		t.Fatal(err) // Download checks count == lines and the type of every line
+	}
+	sameResources(t, got, fixture(t, nil))
+	checkSizes(t, m, limit)
+}
+
+func finished(t *testing.T, statusURL string) bool {
+	resp, err := http.Get(statusURL)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("status answered %d during the export", resp.StatusCode)
+	}
+	return resp.StatusCode == http.StatusOK
+}
+
+func checkSizes(t *testing.T, m bulkclient.Manifest, limit int) {
+	t.Helper()
+	for _, f := range m.Output {
+		resp, err := http.Get(f.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if n > int64(limit) {
+			t.Errorf("%s is %d bytes, over the %d limit", f.URL, n, limit)
+		}
+	}
+}
+
+func TestBurstsOf429And500FromTheSourceAreRiddenOut(t *testing.T) {
+	src, fhirURL := faultySource(t)
+	src.SetSearchDelay(5 * time.Millisecond) // long enough for the bursts to land mid-export
+	p := newProcess(t, fhirURL, "EXPORT_PAGE_SIZE=10", "EXPORT_RETRY_DELAY=1s", "FHIR_RETRY_BACKOFF=200ms")
+	client := &bulkclient.Client{Base: p.base(), MaxWait: 3 * time.Minute}
+	statusURL, err := client.KickOff(ctx(t), "/$export")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Six bursts of four failures, a second apart, alternating 429 (with
+	// Retry-After) and 500, while the export runs.
+	const bursts = 6
+	go func() {
+		for n := range bursts {
+			status, retry := 429, "1"
+			if n%2 == 1 {
+				status, retry = 500, ""
+			}
+			src.FailNext(4, status, retry)
+			time.Sleep(time.Second)
+		}
+	}()
+	m, _, err := client.Wait(ctx(t), statusURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if finishedAt := src.Requests(); finishedAt < 100 {
+		t.Errorf("only %d source requests: the bursts did not fall inside the export", finishedAt)
+	}
+	got, _, err := client.Download(ctx(t), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameResources(t, got, fixture(t, nil))
+}
+
+func TestNextLinksThatExpireMidExportLoseNothing(t *testing.T) {
+	src, fhirURL := faultySource(t)
+	p := newProcess(t, fhirURL, "EXPORT_PAGE_SIZE=7", "EXPORT_RETRY_DELAY=1s")
+	client := &bulkclient.Client{Base: p.base(), MaxWait: 3 * time.Minute}
+	statusURL, err := client.KickOff(ctx(t), "/$export?_type=Observation,Patient,Claim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Let some pages go by, then expire every next link from then on: only
+	// restarts from the recorded _lastUpdated position can finish the export.
+	time.Sleep(300 * time.Millisecond)
+	src.ExpireLinks(true)
+	m, _, err := client.Wait(ctx(t), statusURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := client.Download(ctx(t), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameResources(t, got, fixture(t, func(typ string, _ map[string]any) bool {
+		return typ == "Observation" || typ == "Patient" || typ == "Claim"
+	}))
+}
+
+func TestCancelDuringABusyExportStopsWorkAndRemovesFiles(t *testing.T) {
+	src, fhirURL := faultySource(t)
+	src.SetSearchDelay(20 * time.Millisecond)
+	p := newProcess(t, fhirURL, "EXPORT_PAGE_SIZE=20", "EXPORT_BLOCK_BYTES=10000", "EXPORT_LEASE=8s")
+	client := &bulkclient.Client{Base: p.base()}
+	statusURL, err := client.KickOff(ctx(t), "/$export")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		resp, err := http.Get(statusURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if strings.TrimSpace(strings.Fields(resp.Header.Get("X-Progress") + " 0")[0]) != "0" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	req, _ := http.NewRequest(http.MethodDelete, statusURL, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("DELETE answered %d", resp.StatusCode)
+	}
+	jobID := statusURL[strings.LastIndex(statusURL, "/")+1:]
+	before := src.Requests()
+	time.Sleep(3 * time.Second) // within seconds: workers reach a checkpoint and stop
+	requestsAfter := src.Requests()
+	time.Sleep(2 * time.Second)
+	if extra := src.Requests() - requestsAfter; extra > 0 {
+		t.Errorf("the source still got %d requests 3 s after the cancel (%d right after it)", extra, requestsAfter-before)
+	}
+	if n := blobsUnder(t, p.setting("EXPORT_CONTAINER"), jobID+"/"); n != 0 {
+		t.Errorf("%d blobs of the cancelled job remain", n)
+	}
+	r, _ := http.Get(statusURL)
+	checkOutcome(t, "status after cancel", r, http.StatusNotFound)
+}
+
+func blobsUnder(t *testing.T, container, prefix string) int {
+	t.Helper()
+	c, err := azblob.NewClientFromConnectionString(os.Getenv("AZURE_STORAGE_CONNECTION_STRING"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	pager := c.NewListBlobsFlatPager(container, &azblob.ListBlobsFlatOptions{Prefix: &prefix})
+	for pager.More() {
+		page, err := pager.NextPage(context.Background())
+		if err != nil {
+			t.Fatal(fmt.Errorf("list %s/%s: %w", container, prefix, err))
+		}
+		n += len(page.Segment.BlobItems)
+	}
+	return n
+}
