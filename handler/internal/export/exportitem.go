@@ -98,9 +98,10 @@ type itemRun struct {
 	batches int      // member batches (Patient/Group); 0 at system level
 	owner   map[string]int
 	link    fhir.CompartmentLink
-	members []string // ids of the batch being searched
-	batchOf int      // which batch members holds (-1: none)
-	pos     position // where the search stands, resource by resource
+	members []string     // ids of the batch being searched
+	batchOf int          // which batch members holds (-1: none)
+	pos     position     // where the search stands, resource by resource
+	scratch bytes.Buffer // the resource being looked at, compacted
 
 	lastRestart restartPoint // where the last restart after a lost next link began
 }
@@ -290,7 +291,12 @@ func (r *itemRun) visitPage(ctx context.Context, w *fileWriter, c Cursor, pageUR
 			}
 			return nil
 		}
-		head := readHead(en.Resource)
+		r.scratch.Reset()
+		if err := json.Compact(&r.scratch, en.Resource); err != nil {
+			return fault.Wrap(fault.Permanent, err, "the source sent a %s resource that is not valid JSON", r.item.Type)
+		}
+		line := r.scratch.Bytes()
+		head := readHead(line)
 		if head.ResourceType != r.item.Type {
 			return fault.New(fault.Permanent, "the source answered a %s search with a %q resource", r.item.Type, head.ResourceType)
 		}
@@ -299,15 +305,15 @@ func (r *itemRun) visitPage(ctx context.Context, w *fileWriter, c Cursor, pageUR
 			return nil
 		}
 		r.pos.pass(head.LastUpdated, id)
-		if r.owner != nil && !r.ownsResource(en.Resource, c.Batch) {
+		if r.owner != nil && !r.ownsResource(line, c.Batch) {
 			r.item.Skipped++
 			return nil
 		}
 		if c.Query > 0 {
-			held = append(held, heldResource{id: id, json: bytes.Clone(en.Resource)})
+			held = append(held, heldResource{id: id, json: bytes.Clone(line)})
 			return nil
 		}
-		return w.add(ctx, en.Resource)
+		return w.add(ctx, line)
 	})
 	if err != nil {
 		return "", err
@@ -347,7 +353,7 @@ func (r *itemRun) writeUnmatchedByEarlierQueries(ctx context.Context, w *fileWri
 			var err error
 			next, err = r.e.source.Page(ctx, next, func(en Entry) error {
 				if en.Mode == "" || en.Mode == "match" {
-					seen[readHead(en.Resource).ID] = true
+					seen[decodeHead(en.Resource).ID] = true
 				}
 				return nil
 			})
@@ -428,30 +434,4 @@ func collectReferences(v json.RawMessage, path []string, out *[]string) {
 	if child, ok := obj[path[0]]; ok {
 		collectReferences(child, path[1:], out)
 	}
-}
-
-// head is what the engine reads of every resource.
-type head struct {
-	ResourceType string
-	ID           string
-	LastUpdated  time.Time // zero if absent or unparsable
-}
-
-// readHead reads a resource's type, id and meta.lastUpdated.
-func readHead(resource []byte) head {
-	var r struct {
-		ResourceType string `json:"resourceType"`
-		ID           string `json:"id"`
-		Meta         struct {
-			LastUpdated string `json:"lastUpdated"`
-		} `json:"meta"`
-	}
-	if json.Unmarshal(resource, &r) != nil {
-		return head{}
-	}
-	h := head{ResourceType: r.ResourceType, ID: r.ID}
-	if t, err := time.Parse(time.RFC3339Nano, r.Meta.LastUpdated); err == nil {
-		h.LastUpdated = t
-	}
-	return h
 }
