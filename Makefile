@@ -24,8 +24,16 @@ run: build ## Run locally: Azurite, the sample FHIR server and `handler serve` o
 	@bash tests/scripts/run-local.sh
 
 .PHONY: test
-test: build ## Unit, integration (Azurite) and end-to-end tests; starts and stops Azurite itself
+test: build package ## Unit, integration (Azurite), end-to-end and emulated Functions host tests; starts and stops Azurite itself
 	@bash tests/scripts/run-tests.sh
+
+.PHONY: bench
+bench: build ## End-to-end benchmark (100 patients on Azurite) and the Go benchmarks; see docs/benchmarks.md
+	@bash tests/scripts/bench.sh
+
+.PHONY: fault
+fault: build ## The SIGKILL fault-injection test with 100 kills (make test runs it with 20)
+	@FAULT_KILLS=100 TEST_PACKAGES=./tests/e2e/ GO_TEST_FLAGS="-v -run TestSIGKILL" bash tests/scripts/run-tests.sh
 
 .PHONY: unit
 unit: ## Unit tests only (no Azurite)
