@@ -9,7 +9,8 @@
 #
 # DIR (default: this script's folder) holds package.json and node_modules.
 # Environment: AZURITE_BLOB_PORT (10000), AZURITE_QUEUE_PORT (10001),
-# AZURITE_TABLE_PORT (10002), AZURITE_PIDFILE (/tmp/bulkexport-azurite.pid).
+# AZURITE_TABLE_PORT (10002), AZURITE_PIDFILE (/tmp/bulkexport-azurite.pid),
+# AZURITE_LOCATION (unset: data in memory; a folder: data on disk there).
 # Azurite's own output goes to the log file next to the pid file.
 # Only the connection string is written to stdout; messages go to stderr.
 set -euo pipefail
@@ -91,8 +92,15 @@ start() {
 	for port in "$blob_port" "$queue_port" "$table_port"; do
 		! port_open "$port" || die "port $port is already in use"
 	done
+	# Data lives in memory unless AZURITE_LOCATION names a folder, which lets a
+	# test stop Azurite and start it again on the same data.
+	local persistence=(--inMemoryPersistence)
+	if [[ -n "${AZURITE_LOCATION:-}" ]]; then
+		mkdir -p "$AZURITE_LOCATION"
+		persistence=(--location "$AZURITE_LOCATION")
+	fi
 	# setsid gives Azurite its own process group, so stop can end it and its children.
-	setsid "$bin" --silent --inMemoryPersistence --disableTelemetry --skipApiVersionCheck \
+	setsid "$bin" --silent "${persistence[@]}" --disableTelemetry --skipApiVersionCheck \
 		--blobHost 127.0.0.1 --blobPort "$blob_port" \
 		--queueHost 127.0.0.1 --queuePort "$queue_port" \
 		--tableHost 127.0.0.1 --tablePort "$table_port" \

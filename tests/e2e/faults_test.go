@@ -298,3 +298,76 @@ func blobsUnder(t *testing.T, container, prefix string) int {
 	}
 	return n
 }
+
+// ownAzurite starts an Azurite of the test's own, with its data on disk, so
+// the test can stop it and start it again.
+type ownAzurite struct {
+	t   *testing.T
+	env []string
+}
+
+func startOwnAzurite(t *testing.T) (*ownAzurite, string) {
+	t.Helper()
+	ports := []string{freePort(), freePort(), freePort()}
+	dir := t.TempDir()
+	a := &ownAzurite{t: t, env: append(os.Environ(),
+		"AZURITE_BLOB_PORT="+ports[0], "AZURITE_QUEUE_PORT="+ports[1], "AZURITE_TABLE_PORT="+ports[2],
+		"AZURITE_PIDFILE="+filepath.Join(dir, "azurite.pid"), "AZURITE_LOCATION="+filepath.Join(dir, "data"))}
+	cs := a.run("start")
+	t.Cleanup(func() { a.run("stop") })
+	return a, strings.TrimSpace(cs)
+}
+
+func (a *ownAzurite) run(verb string) string {
+	a.t.Helper()
+	cmd := exec.Command("bash", "../azurite/azurite.sh", verb)
+	cmd.Env = a.env
+	var errs bytes.Buffer
+	cmd.Stderr = &errs
+	out, err := cmd.Output()
+	if err != nil {
+		a.t.Fatalf("azurite.sh %s: %v\n%s", verb, err, errs.String())
+	}
+	return string(out)
+}
+
+func freePort() string {
+	addr := freeAddr()
+	return addr[strings.LastIndex(addr, ":")+1:]
+}
+
+func TestStorageOutageDuringAnExportIsRiddenOut(t *testing.T) {
+	az, cs := startOwnAzurite(t)
+	src, fhirURL := faultySource(t)
+	src.SetSearchDelay(10 * time.Millisecond)
+	p := newProcess(t, fhirURL, "AzureWebJobsStorage="+cs, "EXPORT_PAGE_SIZE=20", "EXPORT_BLOCK_BYTES=20000",
+		"EXPORT_LEASE=3s", "EXPORT_VISIBILITY=4s", "EXPORT_RETRY_DELAY=1s", "EXPORT_MAX_DEQUEUE_COUNT=50")
+	client := &bulkclient.Client{Base: p.base(), MaxWait: 4 * time.Minute}
+	statusURL, err := client.KickOff(ctx(t), "/$export?_type=Observation,Claim,Patient")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	if finished(t, statusURL) {
+		t.Fatal("the export finished before the outage; slow the source down")
+	}
+	az.run("stop")
+	time.Sleep(2 * time.Second)
+	resp, err := http.Get(statusURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkOutcome(t, "status while storage is down", resp, http.StatusServiceUnavailable)
+	az.run("start")
+	m, _, err := client.Wait(ctx(t), statusURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := client.Download(ctx(t), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameResources(t, got, fixture(t, func(typ string, _ map[string]any) bool {
+		return typ == "Observation" || typ == "Claim" || typ == "Patient"
+	}))
+}
