@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +33,7 @@ import (
 	"github.com/azfhir/bulkexport/handler/internal/azstore"
 	"github.com/azfhir/bulkexport/handler/internal/config"
 	"github.com/azfhir/bulkexport/handler/internal/export"
+	"github.com/azfhir/bulkexport/handler/internal/fhir"
 	"github.com/azfhir/bulkexport/handler/internal/fhirsource"
 	"github.com/azfhir/bulkexport/handler/internal/funchost"
 	"github.com/azfhir/bulkexport/handler/internal/httpapi"
@@ -94,18 +96,32 @@ func run(log zerolog.Logger, args []string) error {
 	defer stop()
 	ctx = log.WithContext(ctx)
 
-	app, err := wire(ctx, cfg, log, mode)
-	if err != nil {
-		ln.Close()
-		return err
-	}
+	// Serve at once: until the storage and the engine are ready, every request
+	// (the host's readiness probe included) gets a quick 503 instead of a hang.
+	var ready atomic.Pointer[http.Handler]
 	srv := &http.Server{
-		Handler:           app.handler,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if h := ready.Load(); h != nil {
+				(*h).ServeHTTP(w, r)
+				return
+			}
+			w.Header().Set("Retry-After", "1")
+			w.Header().Set("Content-Type", "application/fhir+json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write(fhir.NewOutcome("error", "transient", "the service is starting; try again in a moment").JSON())
+		}),
 		ReadHeaderTimeout: 30 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+
+	app, err := wire(ctx, cfg, log, mode)
+	if err != nil {
+		_ = srv.Close()
+		return err
+	}
+	ready.Store(&app.handler)
 	log.Info().Str("addr", ln.Addr().String()).Msg("listening")
 
 	workersDone := make(chan struct{})

@@ -80,7 +80,9 @@ func waitFor(url string) error {
 		resp, err := http.Get(url)
 		if err == nil {
 			resp.Body.Close()
-			return nil
+			if resp.StatusCode == http.StatusOK { // 503 while the handler is still starting
+				return nil
+			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/rs/zerolog"
 
@@ -140,10 +141,32 @@ func peel(raw json.RawMessage) []byte {
 	return b
 }
 
-// MaxDequeueCount reads extensions.queues.maxDequeueCount from host.json (5,
-// the host's default, when it is not set), so the handler knows which
-// delivery is the last one exactly as the host does.
+// MaxDequeueCountSetting is the app setting that overrides host.json's
+// extensions.queues.maxDequeueCount: the host reads every
+// AzureFunctionsJobHost__<path> setting over the matching host.json value.
+const MaxDequeueCountSetting = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount"
+
+// MaxDequeueCount reads extensions.queues.maxDequeueCount as the host does:
+// the MaxDequeueCountSetting app setting when it is set, else host.json, else
+// 5 (the host's default). The handler must know which delivery is the last
+// one exactly as the host does.
 func MaxDequeueCount(hostJSONPath string) (int, error) {
+	return maxDequeueCount(hostJSONPath, os.Environ())
+}
+
+func maxDequeueCount(hostJSONPath string, environ []string) (int, error) {
+	// App setting names are case-insensitive to the host.
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		if !strings.EqualFold(k, MaxDequeueCountSetting) {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 {
+			return 0, fmt.Errorf("%s %q is not a positive number", k, v)
+		}
+		return n, nil
+	}
 	b, err := os.ReadFile(hostJSONPath)
 	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", hostJSONPath, err)
