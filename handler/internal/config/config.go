@@ -107,7 +107,7 @@ func Load(getenv func(string) string) (Config, error) {
 		InvocationBudget:  r.duration("EXPORT_INVOCATION_BUDGET", 8*time.Minute, time.Second, 24*time.Hour),
 		Retention:         r.duration("EXPORT_RETENTION", 24*time.Hour, time.Minute, 365*24*time.Hour),
 		RetryAfter:        r.duration("EXPORT_RETRY_AFTER", 2*time.Second, time.Second, 5*time.Second),
-		Lease:             r.duration("EXPORT_LEASE", 2*time.Minute, 2*time.Second, time.Hour),
+		Lease:             r.duration("EXPORT_LEASE", time.Minute, 2*time.Second, time.Hour),
 		StallAfter:        r.duration("EXPORT_STALL_AFTER", 15*time.Minute, 5*time.Second, 24*time.Hour),
 		Workers:           r.integer("EXPORT_WORKERS", 4, 1, 64),
 		MaxDequeueCount:   r.integer("EXPORT_MAX_DEQUEUE_COUNT", 5, 1, 100),

@@ -28,7 +28,7 @@ func DefaultSettings() Settings {
 		ClockMargin:      2 * time.Second,
 		InvocationBudget: 8 * time.Minute,
 		Retention:        24 * time.Hour,
-		Lease:            2 * time.Minute,
+		Lease:            time.Minute,
 		StallAfter:       15 * time.Minute,
 	}
 }

@@ -68,7 +68,7 @@ func (b *bundle) drain(t *testing.T, maxAttempts int) {
 			continue
 		}
 		if !fault.Is(err, fault.Transient) {
-			t.Fatalf("Process returned a non-transient error %v", err)
+			t.Fatalf("Process returned a non-transient error %v before the last delivery", err)
 		}
 		if err := b.queue.Extend(ctx, &d, 0); err != nil {
 			t.Fatal(err)

@@ -72,12 +72,14 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 		}
 		lastCheckpoint = time.Now()
 		log.Debug().Int64("done", item.Done).Int("files", len(item.Files)).Msg("checkpoint")
+		// A cancel that came while this item ran deleted the job's folder
+		// before this commit: look once more, and remove what we wrote.
+		if err := e.checkCancelled(ctx, job.ID); err != nil {
+			return err
+		}
 		if finished {
 			log.Info().Int64("resources", item.Done).Int("files", len(item.Files)).Int64("duplicatesSkipped", item.Skipped).Msg("work item done")
 			return nil
-		}
-		if err := e.checkCancelled(ctx, job.ID); err != nil {
-			return err
 		}
 		if outOfTime {
 			if err := e.queue.Enqueue(ctx, Message{Job: job.ID, Item: item.ID}); err != nil {

@@ -83,7 +83,7 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 		return err
 	}
 	log.Info().Int("workItems", len(work)).Int64("expected", expected).Msg("export planned")
-	return nil
+	return e.checkCancelled(ctx, job.ID) // a cancel during planning: remove the warnings file too
 }
 
 // planTypes returns the resource types a job covers, sorted.

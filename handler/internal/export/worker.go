@@ -31,7 +31,8 @@ var errBusy = fault.New(fault.Transient, "another invocation is running this wor
 // a continuation, or a duplicate), and an error of kind Transient when it
 // should be delivered again. On the final attempt every failure is recorded
 // on the job, so a job never stays in progress because its message ran out
-// of deliveries.
+// of deliveries; a failure that was retried until then is also returned (kind
+// Permanent), so the queue moves the message to its poison queue.
 func (e *Engine) Process(ctx context.Context, msg Message, at Attempt) error {
 	log := zerolog.Ctx(ctx).With().Str("job", msg.Job).Str("workItem", msg.Item).
 		Int("attempt", at.Number).Logger()
@@ -75,9 +76,7 @@ func (e *Engine) Process(ctx context.Context, msg Message, at Attempt) error {
 	}
 
 	if job.State == JobCancelled {
-		if item.Type != "" {
-			e.removeItemFiles(ctx, job, item)
-		}
+		e.removeItemFiles(ctx, job, item)
 		return nil
 	}
 
@@ -98,6 +97,13 @@ func (e *Engine) Process(ctx context.Context, msg Message, at Attempt) error {
 		e.removeItemFiles(ctx, job, item)
 		return nil
 	default:
+		if fault.Is(e.checkCancelled(ctx, job.ID), fault.Cancelled) {
+			// The failure is most likely the cancel itself (its files were
+			// deleted under us): clean up now rather than on a retry.
+			log.Info().Err(err).Msg("job was cancelled; work item stopped")
+			e.removeItemFiles(ctx, job, item)
+			return nil
+		}
 		return e.retryOrFail(ctx, item, at, err)
 	}
 }
@@ -139,6 +145,12 @@ func (e *Engine) retryOrFail(ctx context.Context, item *WorkItem, at Attempt, ca
 		return fault.Wrap(fault.Transient, err, "record failure")
 	}
 	log.Error().Err(cause).Str("kind", kind.String()).Msg("work item failed; the job is failed")
+	if retryable {
+		// The last delivery of a failure that never cleared: the job now says
+		// why, and failing the delivery too leaves the message in the poison
+		// queue, where operators look for what went wrong.
+		return &fault.Error{Kind: fault.Permanent, Msg: "work item failed on its last delivery; the failure is recorded on the job", Err: cause}
+	}
 	return nil
 }
 
@@ -224,6 +236,12 @@ func (e *Engine) checkCancelled(ctx context.Context, jobID string) error {
 }
 
 func (e *Engine) removeItemFiles(ctx context.Context, job *Job, item *WorkItem) {
+	if item.ID == PlanItemID {
+		if err := e.blobs.Delete(ctx, job.Request.Container, job.ID+"/"+fileName("OperationOutcome", 1)); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("could not delete the warnings file of a cancelled job")
+		}
+		return
+	}
 	w := newFileWriter(e.blobs, job, item, e.set)
 	if err := w.removeAll(ctx); err != nil {
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not delete the files of a cancelled work item")
