@@ -5,24 +5,22 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/azfhir/bulkexport/tests/bulkclient"
+	"github.com/azfhir/bulkexport/tests/exportcheck"
 )
 
 const dataDir = "../data/synthea-r4-10"
@@ -150,67 +148,14 @@ func tail(s string, n int) string {
 
 // fixture returns the sample data's lines by type, compacted, filtered by keep.
 func fixture(t *testing.T, keep func(typ string, r map[string]any) bool) map[string][]string {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dataDir, "*.ndjson"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no fixture files: %v", err)
-	}
-	out := map[string][]string{}
-	for _, f := range files {
-		typ := strings.TrimSuffix(filepath.Base(f), ".ndjson")
-		fh, err := os.Open(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(fh)
-		sc.Buffer(nil, 1<<24)
-		for sc.Scan() {
-			var r map[string]any
-			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-				t.Fatal(err)
-			}
-			if keep == nil || keep(typ, r) {
-				var b bytes.Buffer
-				json.Compact(&b, sc.Bytes())
-				out[typ] = append(out[typ], b.String())
-			}
-		}
-		fh.Close()
-	}
-	return out
+	return exportcheck.Fixture(t, dataDir, keep)
 }
 
 // sameResources checks that an export holds exactly want: each resource
 // once, byte-equal after compaction, and no other type.
 func sameResources(t *testing.T, got map[string][][]byte, want map[string][]string) {
 	t.Helper()
-	for typ, w := range want {
-		if len(w) == 0 {
-			continue
-		}
-		var g []string
-		for _, l := range got[typ] {
-			g = append(g, string(l))
-		}
-		w = append([]string(nil), w...)
-		sort.Strings(g)
-		sort.Strings(w)
-		if len(g) != len(w) {
-			t.Errorf("%s: exported %d resources, want %d", typ, len(g), len(w))
-			continue
-		}
-		for i := range g {
-			if g[i] != w[i] {
-				t.Errorf("%s: exported resources differ from the source (first difference at sorted index %d)", typ, i)
-				break
-			}
-		}
-	}
-	for typ, g := range got {
-		if len(want[typ]) == 0 {
-			t.Errorf("unexpected type %s in the export (%d resources)", typ, len(g))
-		}
-	}
+	exportcheck.SameResources(t, got, want)
 }
 
 func lastUpdated(r map[string]any) time.Time {

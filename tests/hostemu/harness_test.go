@@ -2,13 +2,12 @@ package hostemu
 
 import (
 	"archive/zip"
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/azfhir/bulkexport/tests/exportcheck"
 	"io"
 	"net"
 	"net/http"
@@ -209,63 +208,14 @@ func exportEnv(fhirBase string, extra ...string) ([]string, string) {
 
 // fixture returns the sample data's lines by type, compacted.
 func fixture(t *testing.T, keep func(typ string) bool) map[string][]string {
-	t.Helper()
-	files, err := filepath.Glob(filepath.Join(dataDir, "*.ndjson"))
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no fixture files: %v", err)
-	}
-	out := map[string][]string{}
-	for _, f := range files {
-		typ := strings.TrimSuffix(filepath.Base(f), ".ndjson")
-		if keep != nil && !keep(typ) {
-			continue
-		}
-		fh, err := os.Open(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(fh)
-		sc.Buffer(nil, 1<<24)
-		for sc.Scan() {
-			var b bytes.Buffer
-			if err := json.Compact(&b, sc.Bytes()); err != nil {
-				t.Fatal(err)
-			}
-			out[typ] = append(out[typ], b.String())
-		}
-		fh.Close()
-	}
-	return out
+	return exportcheck.Fixture(t, dataDir, func(typ string, _ map[string]any) bool { return keep == nil || keep(typ) })
 }
 
 // sameResources checks that an export holds exactly want: each resource
 // once, byte-equal after compaction, and no other type.
 func sameResources(t *testing.T, got map[string][][]byte, want map[string][]string) {
 	t.Helper()
-	for typ, w := range want {
-		var g []string
-		for _, l := range got[typ] {
-			g = append(g, string(l))
-		}
-		w = append([]string(nil), w...)
-		sort.Strings(g)
-		sort.Strings(w)
-		if len(g) != len(w) {
-			t.Errorf("%s: exported %d resources, want %d", typ, len(g), len(w))
-			continue
-		}
-		for i := range g {
-			if g[i] != w[i] {
-				t.Errorf("%s: exported resources differ from the source (first difference at sorted index %d)", typ, i)
-				break
-			}
-		}
-	}
-	for typ, g := range got {
-		if len(want[typ]) == 0 {
-			t.Errorf("unexpected type %s in the export (%d resources)", typ, len(g))
-		}
-	}
+	exportcheck.SameResources(t, got, want)
 }
 
 // workItem is the {job, item} message the handler enqueues.
