@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -375,4 +377,53 @@ func TestStorageOutageDuringAnExportIsRiddenOut(t *testing.T) {
 	sameResources(t, got, fixture(t, func(typ string, _ map[string]any) bool {
 		return typ == "Observation" || typ == "Claim" || typ == "Patient"
 	}))
+}
+
+// TestKickOffToADestinationItMayNotWriteIsRefused puts a proxy in front of
+// Azurite's blob service that answers every write the way Azure answers an
+// identity without a data role (403 AuthorizationPermissionMismatch), and
+// checks that kick-off refuses the export at once, naming the problem,
+// instead of accepting a job that could never finish.
+func TestKickOffToADestinationItMayNotWriteIsRefused(t *testing.T) {
+	cs := os.Getenv("AZURE_STORAGE_CONNECTION_STRING")
+	var blobEndpoint string
+	for _, part := range strings.Split(cs, ";") {
+		if v, ok := strings.CutPrefix(part, "BlobEndpoint="); ok {
+			blobEndpoint = v
+		}
+	}
+	target, err := url.Parse(blobEndpoint)
+	if err != nil || blobEndpoint == "" {
+		t.Fatalf("no BlobEndpoint in the connection string: %v", err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: target.Scheme, Host: target.Host})
+	deny := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Reads, and creating the container (which the role would allow at
+		// account level), pass; writing a blob is refused.
+		if r.Method == http.MethodPut && r.URL.Query().Get("restype") != "container" {
+			w.Header().Set("x-ms-error-code", "AuthorizationPermissionMismatch")
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthorizationPermissionMismatch</Code><Message>This request is not authorized to perform this operation using this permission.</Message></Error>`)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(deny.Close)
+	denied := strings.Replace(cs, "BlobEndpoint="+blobEndpoint, "BlobEndpoint="+deny.URL+target.Path, 1)
+
+	_, fhirURL := faultySource(t)
+	p := newProcess(t, fhirURL, "AzureWebJobsStorage="+denied)
+	req, _ := http.NewRequest(http.MethodGet, p.base()+"/$export", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	checkOutcome(t, "kick-off to a read-only destination", resp, http.StatusForbidden)
+	if !strings.Contains(string(body), "Storage Blob Data Contributor") {
+		t.Errorf("the OperationOutcome does not name the missing role: %s", body)
+	}
 }
