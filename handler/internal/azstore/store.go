@@ -74,7 +74,7 @@ func (s *Store) GetJob(ctx context.Context, jobID string) (*export.Job, error) {
 // UpdateJob replaces the job row if job.ETag is current and sets the new
 // ETag: fault.Conflict if it is stale, fault.NotFound if the row is missing.
 func (s *Store) UpdateJob(ctx context.Context, job *export.Job) error {
-	if err := checkKey(job.ID); err != nil {
+	if err := export.CheckKey(job.ID); err != nil {
 		return fault.Wrap(fault.NotFound, err, "update job")
 	}
 	body, err := jobEntity(job)
@@ -106,7 +106,7 @@ func (s *Store) CreateItem(ctx context.Context, item *export.WorkItem) error {
 // GetItem reads a work item row; fault.NotFound if there is none.
 func (s *Store) GetItem(ctx context.Context, jobID, itemID string) (*export.WorkItem, error) {
 	var item export.WorkItem
-	if err := checkKey(itemID); err != nil {
+	if err := export.CheckKey(itemID); err != nil {
 		return nil, fault.Wrap(fault.NotFound, err, "get item %q/%q", jobID, itemID)
 	}
 	etag, err := s.get(ctx, jobID, itemPrefix+itemID, &item)
@@ -220,7 +220,7 @@ func (s *Store) get(ctx context.Context, pk, rk string, v any) (string, error) {
 }
 
 func (s *Store) read(ctx context.Context, pk, rk string) (map[string]json.RawMessage, string, error) {
-	if err := checkKey(pk); err != nil {
+	if err := export.CheckKey(pk); err != nil {
 		return nil, "", fault.Wrap(fault.NotFound, err, "read row")
 	}
 	resp, err := s.table.GetEntity(ctx, pk, rk, nil)
@@ -235,7 +235,7 @@ func (s *Store) read(ctx context.Context, pk, rk string) (map[string]json.RawMes
 }
 
 func jobEntity(job *export.Job) ([]byte, error) {
-	if err := checkKey(job.ID); err != nil {
+	if err := export.CheckKey(job.ID); err != nil {
 		return nil, err
 	}
 	return entity(job.ID, jobRow, job, map[string]any{"State": string(job.State)})
@@ -255,7 +255,7 @@ func itemEntity(item *export.WorkItem) ([]byte, error) {
 }
 
 func membersEntity(jobID string, index int, ids []string) ([]byte, error) {
-	if err := checkKey(jobID); err != nil {
+	if err := export.CheckKey(jobID); err != nil {
 		return nil, err
 	}
 	if index < 0 || index > 999999 {
@@ -391,25 +391,9 @@ func decodeListed(raw []byte) (*export.WorkItem, error) {
 	return &item, nil
 }
 
-// checkKey rejects ids the table service cannot hold in a key.
-func checkKey(id string) error {
-	if id == "" || len(id) > 512 {
-		return fmt.Errorf("id %q: must be 1 to 512 bytes", id)
-	}
-	if strings.ContainsAny(id, `/\#?`) {
-		return fmt.Errorf("id %q: must not contain / \\ # or ?", id)
-	}
-	for _, r := range id {
-		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
-			return fmt.Errorf("id %q: must not contain control characters", id)
-		}
-	}
-	return nil
-}
-
 func checkItemKeys(item *export.WorkItem) error {
-	if err := checkKey(item.JobID); err != nil {
+	if err := export.CheckKey(item.JobID); err != nil {
 		return err
 	}
-	return checkKey(item.ID)
+	return export.CheckKey(item.ID)
 }

@@ -2,7 +2,9 @@ package export
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -23,6 +25,24 @@ type Store interface {
 	// patient ids (overwriting it); GetMembers reads it back.
 	PutMembers(ctx context.Context, jobID string, index int, ids []string) error
 	GetMembers(ctx context.Context, jobID string, index int) ([]string, error)
+}
+
+// CheckKey rejects a job or item id that a Store cannot hold as a key (the
+// Azure Table key rules). Every Store checks ids with it, so the in-memory
+// one refuses exactly what the Azure one refuses.
+func CheckKey(id string) error {
+	if id == "" || len(id) > 512 {
+		return fmt.Errorf("id %q: must be 1 to 512 bytes", id)
+	}
+	if strings.ContainsAny(id, `/\#?`) {
+		return fmt.Errorf("id %q: must not contain / \\ # or ?", id)
+	}
+	for _, r := range id {
+		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
+			return fmt.Errorf("id %q: must not contain control characters", id)
+		}
+	}
+	return nil
 }
 
 // Queue takes work item messages.

@@ -50,7 +50,7 @@ func NewStore() *Store {
 
 // CreateJob stores a new job and sets job.ETag; fault.Conflict if it exists.
 func (s *Store) CreateJob(ctx context.Context, job *export.Job) error {
-	if err := checkKey(job.ID); err != nil {
+	if err := export.CheckKey(job.ID); err != nil {
 		return fault.Wrap(fault.Internal, err, "create job")
 	}
 	s.mu.Lock()
@@ -233,32 +233,15 @@ func checkSwap(exists bool, old record, etag string) error {
 	return nil
 }
 
-// checkKey rejects ids the table service cannot hold as a key, so that
-// memstore refuses what azstore refuses.
-func checkKey(id string) error {
-	if id == "" || len(id) > 512 {
-		return fmt.Errorf("id %q: must be 1 to 512 bytes", id)
-	}
-	if strings.ContainsAny(id, `/\#?`) {
-		return fmt.Errorf("id %q: must not contain / \\ # or ?", id)
-	}
-	for _, r := range id {
-		if r < 0x20 || (r >= 0x7f && r <= 0x9f) {
-			return fmt.Errorf("id %q: must not contain control characters", id)
-		}
-	}
-	return nil
-}
-
 func checkItemKeys(item *export.WorkItem) error {
-	if err := checkKey(item.JobID); err != nil {
+	if err := export.CheckKey(item.JobID); err != nil {
 		return err
 	}
-	return checkKey(item.ID)
+	return export.CheckKey(item.ID)
 }
 
 func checkMembers(jobID string, index int, ids []string) error {
-	if err := checkKey(jobID); err != nil {
+	if err := export.CheckKey(jobID); err != nil {
 		return err
 	}
 	if index < 0 || index > 999999 {
