@@ -22,6 +22,7 @@ import (
 
 	"github.com/azfhir/bulkexport/tests/bulkclient"
 	"github.com/azfhir/bulkexport/tests/fhirsample"
+	"github.com/azfhir/bulkexport/tests/testproc"
 )
 
 // faultySource serves the sample data in-process, with failure injection on,
@@ -48,8 +49,8 @@ type process struct {
 }
 
 func newProcess(t *testing.T, fhirURL string, extra ...string) *process {
-	suffix := randomSuffix()
-	p := &process{t: t, addr: freeAddr(), logs: &bytes.Buffer{}}
+	suffix := testproc.RandomSuffix()
+	p := &process{t: t, addr: testproc.FreeAddr(), logs: &bytes.Buffer{}}
 	p.env = append(os.Environ(),
 		"AzureWebJobsStorage="+os.Getenv("AZURE_STORAGE_CONNECTION_STRING"),
 		"FHIR_SERVER_URL="+fhirURL,
@@ -89,7 +90,7 @@ func (p *process) start() {
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}
-	if err := waitFor(p.base() + "/metadata"); err != nil {
+	if err := testproc.WaitReady(p.base() + "/metadata"); err != nil {
 		p.t.Fatalf("%v\n%s", err, tail(p.logs.String(), 40))
 	}
 }
@@ -339,7 +340,7 @@ func (a *ownAzurite) run(verb string) string {
 }
 
 func freePort() string {
-	addr := freeAddr()
+	addr := testproc.FreeAddr()
 	return addr[strings.LastIndex(addr, ":")+1:]
 }
 

@@ -7,11 +7,7 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +17,7 @@ import (
 
 	"github.com/azfhir/bulkexport/tests/bulkclient"
 	"github.com/azfhir/bulkexport/tests/exportcheck"
+	"github.com/azfhir/bulkexport/tests/testproc"
 )
 
 const dataDir = "../data/synthea-r4-10"
@@ -44,7 +41,7 @@ func TestMain(m *testing.M) {
 		fmt.Println("e2e: BULKEXPORT_DIST and AZURE_STORAGE_CONNECTION_STRING are required with EXPORT_INTEGRATION=1")
 		os.Exit(1)
 	}
-	addr := freeAddr()
+	addr := testproc.FreeAddr()
 	sample := exec.Command(filepath.Join(dist, "fhir-sample"), "-data", dataDir, "-addr", addr)
 	sample.Stdout, sample.Stderr = os.Stdout, os.Stderr
 	if err := sample.Start(); err != nil {
@@ -52,7 +49,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	fhirBase = "http://" + addr + "/fhir"
-	if err := waitFor(fhirBase + "/metadata"); err != nil {
+	if err := testproc.WaitReady(fhirBase + "/metadata"); err != nil {
 		fmt.Println("e2e:", err)
 		sample.Process.Kill()
 		os.Exit(1)
@@ -63,42 +60,12 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitFor(url string) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK { // 503 while the handler is still starting
-				return nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s did not answer in 20s", url)
-}
-
-func randomSuffix() string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 // startService runs `handler serve` with isolated storage names and extra
 // settings, and stops it when the test ends.
 func startService(t *testing.T, extra ...string) *service {
 	t.Helper()
-	suffix := randomSuffix()
-	addr := freeAddr()
+	suffix := testproc.RandomSuffix()
+	addr := testproc.FreeAddr()
 	env := append(os.Environ(),
 		"AzureWebJobsStorage="+os.Getenv("AZURE_STORAGE_CONNECTION_STRING"),
 		"FHIR_SERVER_URL="+fhirBase,
@@ -132,7 +99,7 @@ func startService(t *testing.T, extra ...string) *service {
 		}
 	})
 	base := "http://" + addr
-	if err := waitFor(base + "/metadata"); err != nil {
+	if err := testproc.WaitReady(base + "/metadata"); err != nil {
 		t.Fatalf("%v\n%s", err, logs.String())
 	}
 	return &service{base: base, env: env, client: &bulkclient.Client{Base: base, MaxWait: 3 * time.Minute}}

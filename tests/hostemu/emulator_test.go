@@ -20,6 +20,8 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+
+	"github.com/azfhir/bulkexport/tests/testproc"
 )
 
 func TestRebuildQueryMergesAndReencodes(t *testing.T) {
@@ -150,7 +152,7 @@ func TestStartRejectsABrokenPackage(t *testing.T) {
 // startFake starts the fake handler's package on a fresh queue.
 func startFake(t *testing.T, cs, hostPatch string) (*Host, *azqueue.QueueClient) {
 	t.Helper()
-	queue := "fake-" + randomSuffix()
+	queue := "fake-" + testproc.RandomSuffix()
 	h := startHost(t, Options{
 		AppZip: fakeApp(t, 0o755, true), Env: []string{fakeHandlerEnv + "=1"}, StorageConnectionString: cs,
 		HostJSONPatch: hostPatch, QueueNames: map[string]string{fakeQueueFunction: queue},

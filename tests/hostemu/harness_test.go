@@ -3,13 +3,9 @@ package hostemu
 import (
 	"archive/zip"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/azfhir/bulkexport/tests/exportcheck"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +15,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/azfhir/bulkexport/tests/exportcheck"
+	"github.com/azfhir/bulkexport/tests/testproc"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 )
@@ -92,14 +91,14 @@ func fhirSample(t *testing.T) string {
 	t.Helper()
 	bin := distFile(t, "fhir-sample")
 	sampleOnce.Do(func() {
-		addr := freeAddr()
+		addr := testproc.FreeAddr()
 		sampleCmd = exec.Command(bin, "-data", dataDir, "-addr", addr)
 		sampleCmd.Stdout, sampleCmd.Stderr = io.Discard, os.Stderr
 		if sampleErr = sampleCmd.Start(); sampleErr != nil {
 			return
 		}
 		sampleBase = "http://" + addr + "/fhir"
-		sampleErr = waitFor(sampleBase + "/metadata")
+		sampleErr = testproc.WaitReady(sampleBase + "/metadata")
 	})
 	if sampleErr != nil {
 		t.Fatalf("fhir-sample: %v", sampleErr)
@@ -112,34 +111,6 @@ func stopSample() {
 		_ = sampleCmd.Process.Kill()
 		_ = sampleCmd.Wait()
 	}
-}
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func waitFor(url string) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s did not answer in 20s", url)
-}
-
-func randomSuffix() string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // logSink collects a host's log lines and prints the tail when the test
@@ -192,7 +163,7 @@ func startHost(t *testing.T, o Options) *Host {
 // exportEnv is the app settings of an isolated handler: its own table, queue
 // and container. It returns the settings and the queue name.
 func exportEnv(fhirBase string, extra ...string) ([]string, string) {
-	suffix := randomSuffix()
+	suffix := testproc.RandomSuffix()
 	queue := "he-" + suffix
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
