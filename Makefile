@@ -3,7 +3,8 @@
 
 SHELL := /bin/bash
 GO    ?= go
-DIST  := dist
+DIST  ?= dist
+export DIST
 LDFLAGS := -s -w -X main.version=$(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 .DEFAULT_GOAL := help

@@ -5,14 +5,15 @@
 # at host.json's defaultExecutablePath with its exec bit kept.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-stage=dist/app
-rm -rf "$stage" dist/app.zip
+dist=${DIST:-dist}
+stage=$dist/app
+rm -rf "$stage" "$dist/app.zip"
 mkdir -p "$stage"
 GOOS=linux GOARCH=amd64 CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o "$stage/handler" ./handler
 chmod 0755 "$stage/handler"
 cp host.json "$stage/"
 cp -R functions/* "$stage/"
-python3 - "$stage" dist/app.zip <<'PY'
+python3 - "$stage" "$dist/app.zip" <<'PY'
 import os, sys, zipfile
 stage, out = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
@@ -24,5 +25,5 @@ with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
             with open(path, "rb") as fh:
                 z.writestr(info, fh.read())  # ZipInfo.from_file keeps the Unix mode (0755 for handler)
 PY
-echo "dist/app.zip:"
-python3 -c "import zipfile; [print(f'  {oct(i.external_attr>>16)} {i.file_size:>10} {i.filename}') for i in zipfile.ZipFile('dist/app.zip').infolist()]"
+echo "$dist/app.zip:"
+python3 -c "import sys, zipfile; [print(f'  {oct(i.external_attr>>16)} {i.file_size:>10} {i.filename}') for i in zipfile.ZipFile(sys.argv[1]).infolist()]" "$dist/app.zip"

@@ -18,7 +18,9 @@ trap stop_azurite EXIT
 AZURE_STORAGE_CONNECTION_STRING=$(bash tests/azurite/azurite.sh start)
 export AZURE_STORAGE_CONNECTION_STRING
 export EXPORT_INTEGRATION=1
-export BULKEXPORT_DIST="$root/dist"
+dist=${DIST:-dist}
+[[ "$dist" = /* ]] || dist="$root/$dist"
+export BULKEXPORT_DIST="$dist"
 
 # make fault narrows the run with these; make test leaves them empty.
 packages=${TEST_PACKAGES:-./...}
