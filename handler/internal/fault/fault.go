@@ -34,6 +34,10 @@ const (
 	Cancelled
 	// Unavailable means a dependency the request needs cannot be reached now: 503.
 	Unavailable
+	// Unauthenticated is a request without a valid bearer token: 401 with a
+	// WWW-Authenticate challenge. A valid token that may not do what it asks
+	// for is Forbidden instead.
+	Unauthenticated
 )
 
 func (k Kind) String() string {
@@ -54,9 +58,24 @@ func (k Kind) String() string {
 		return "cancelled"
 	case Unavailable:
 		return "unavailable"
+	case Unauthenticated:
+		return "unauthenticated"
 	default:
 		return "internal"
 	}
+}
+
+// ParseKind is the inverse of Kind.String, for a kind stored as text (the
+// recorded failure of a work item). The kinds are numbered from Internal
+// without gaps, so the walk ends at the first number past the last of them,
+// which String names "internal" again.
+func ParseKind(s string) (Kind, bool) {
+	for k := Internal; k == Internal || k.String() != Internal.String(); k++ {
+		if k.String() == s {
+			return k, true
+		}
+	}
+	return Internal, false
 }
 
 // Error is an error with a kind. Code is an optional FHIR issue type
@@ -143,6 +162,8 @@ func Code(err error) string {
 		return "transient"
 	case Forbidden:
 		return "forbidden"
+	case Unauthenticated:
+		return "login"
 	default:
 		return "exception"
 	}
