@@ -1,11 +1,12 @@
-// Data-plane roles for one principal at storage-account scope (docs §3.2), and optionally Monitoring
-// Metrics Publisher on the Application Insights component (Entra-authenticated telemetry, docs §3.3).
+// Data-plane roles for one principal on one storage account, at account scope (docs §3.2). main.bicep calls
+// it once per (principal, account) with the roles that pair needs, so that each role is scoped to the
+// account it is for: the host's roles on the host account, the export role on the export account.
 //
 // Role assignment names are guid(scope, principal, role), so redeploying is idempotent. An assignment that
 // already exists under another name (made by hand) makes the deployment fail with RoleAssignmentExists:
 // delete the manual one or leave the principal out.
 
-@description('Storage account to grant the data roles on.')
+@description('Storage account to grant the roles on.')
 param storageAccountName string
 
 @description('Object (principal) id to grant the roles to.')
@@ -19,42 +20,18 @@ param principalId string
 ])
 param principalType string = 'ServicePrincipal'
 
-@description('Application Insights component (used only when grantMetricsPublisher is true).')
-param appInsightsName string
-
-@description('Also grant Monitoring Metrics Publisher on the Application Insights component.')
-param grantMetricsPublisher bool = false
+@description('Built-in roles to grant: [{ name: string, id: role definition GUID }].')
+param roles array
 
 @description('Free text recorded on each assignment.')
 param descriptionSuffix string = ''
-
-var storageRoles = [
-  {
-    name: 'Storage Blob Data Owner' // host, Flex package, exports, user-delegation keys
-    id: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  }
-  {
-    name: 'Storage Queue Data Contributor' // trigger, creating <queue>-poison, Go enqueue
-    id: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
-  }
-  {
-    name: 'Storage Table Data Contributor' // job table
-    id: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
-  }
-]
-
-var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb'
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
 }
 
-resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
-  name: appInsightsName
-}
-
 resource storageRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for role in storageRoles: {
+  for role in roles: {
     name: guid(storage.id, principalId, role.id)
     scope: storage
     properties: {
@@ -65,14 +42,3 @@ resource storageRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04
     }
   }
 ]
-
-resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantMetricsPublisher) {
-  name: guid(appInsights.id, principalId, monitoringMetricsPublisherRoleId)
-  scope: appInsights
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisherRoleId)
-    principalId: principalId
-    principalType: principalType
-    description: 'Monitoring Metrics Publisher for the FHIR $export service${descriptionSuffix}'
-  }
-}

@@ -1,9 +1,11 @@
-// Storage account for the $export service: Functions host storage (AzureWebJobsStorage, identity-based),
-// the Flex Consumption deployment package container, the NDJSON export container, the job table and the
-// work-item queue (plus its poison queue).
+// Host storage account of the $export service: Functions host storage (AzureWebJobsStorage, identity-based),
+// the Flex Consumption deployment package container, the job table and the work-item queue (plus its
+// poison queue). Export files do NOT live here: they go to their own account (export-storage.bicep), so
+// that the app identity's write role on PHI is scoped to that account and a `_container` can never land
+// next to the host's keys (azure-webjobs-secrets) or the deployment package.
 //
 // Shared-key access is disabled, so every client (the Functions host, the Go handler, az CLI, Storage
-// Explorer) must authenticate with Microsoft Entra ID (RBAC roles are granted by rbac.bicep).
+// Explorer) must authenticate with Microsoft Entra ID (roles are granted by storage-rbac.bicep).
 
 @description('Storage account name (3-24 lowercase letters and digits, globally unique).')
 @minLength(3)
@@ -27,18 +29,24 @@ param skuName string = 'Standard_LRS'
 @description('Blob container that holds the Flex Consumption deployment package.')
 param deploymentContainer string = 'app-package'
 
-@description('Blob container for the NDJSON export files.')
-param exportContainer string
-
 @description('Table for export job state.')
 param jobTable string
 
 @description('Queue for export work items. The Functions host creates "<name>-poison" on demand; it is created here too so that the RBAC role needed to create it is not the only safeguard.')
 param workQueue string
 
-@description('Delete export blobs this many days after their last modification (0 = no lifecycle policy).')
-@minValue(0)
-param exportRetentionDays int = 7
+@description('"Enabled", or "Disabled" for networkMode=private (private endpoints only).')
+@allowed([
+  'Enabled'
+  'Disabled'
+])
+param publicNetworkAccess string = 'Enabled'
+
+@description('Storage firewall (networkAcls), built by main.bicep from networkMode.')
+param networkAcls object = {
+  defaultAction: 'Allow'
+  bypass: 'AzureServices'
+}
 
 @description('Resource tags.')
 param tags object = {}
@@ -53,20 +61,15 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   }
   properties: {
     accessTier: 'Hot'
-    // Bulk Data IG §1.1 / Inferno: the file host must refuse TLS < 1.2 and plain http.
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
     allowBlobPublicAccess: false
-    // Identity-based access only (docs §3.2). Service SAS signed with an account key is therefore impossible;
-    // download links must be user-delegation SAS (needs Storage Blob Data Owner/Delegator) or go through the app.
+    // Identity-based access only (docs §3.2).
     allowSharedKeyAccess: false
     defaultToOAuthAuthentication: true
     allowCrossTenantReplication: false
-    publicNetworkAccess: 'Enabled'
-    networkAcls: {
-      defaultAction: 'Allow'
-      bypass: 'AzureServices'
-    }
+    publicNetworkAccess: publicNetworkAccess
+    networkAcls: networkAcls
   }
 }
 
@@ -78,14 +81,6 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
 resource deploymentContainerResource 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: deploymentContainer
-  properties: {
-    publicAccess: 'None'
-  }
-}
-
-resource exportContainerResource 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: blobService
-  name: exportContainer
   properties: {
     publicAccess: 'None'
   }
@@ -114,47 +109,6 @@ resource workQueueResource 'Microsoft.Storage/storageAccounts/queueServices/queu
 resource poisonQueueResource 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: '${workQueue}-poison'
-}
-
-// Lifecycle management: expire export files. Covers block and append blobs (only the delete action is
-// supported for append blobs). The prefix is "<container>/", i.e. the whole export container.
-// Keep the manifest's Expires (app side) shorter than this so that files are not deleted while a client
-// may still be told to download them (IG §1.1 "SHOULD NOT delete files a client is still downloading").
-resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (exportRetentionDays > 0) {
-  parent: storage
-  name: 'default'
-  properties: {
-    policy: {
-      rules: [
-        {
-          enabled: true
-          name: 'expire-export-files'
-          type: 'Lifecycle'
-          definition: {
-            filters: {
-              blobTypes: [
-                'blockBlob'
-                'appendBlob'
-              ]
-              prefixMatch: [
-                '${exportContainer}/'
-              ]
-            }
-            actions: {
-              baseBlob: {
-                delete: {
-                  daysAfterModificationGreaterThan: exportRetentionDays
-                }
-              }
-            }
-          }
-        }
-      ]
-    }
-  }
-  dependsOn: [
-    exportContainerResource
-  ]
 }
 
 // primaryEndpoints.* end with '/'; app settings get the form without the trailing slash
