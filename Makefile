@@ -6,6 +6,9 @@ GO    ?= go
 DIST  ?= dist
 export DIST
 LDFLAGS := -s -w -X main.version=$(shell git describe --always --dirty 2>/dev/null || echo dev)
+# staticcheck, pinned: `go run` fetches this version once into the module
+# cache, so CI needs no global install. v0.8.2 is built for Go 1.26.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .DEFAULT_GOAL := help
 
@@ -17,32 +20,40 @@ help: ## List the targets
 build: ## Build dist/handler, dist/fhir-sample and dist/bulk-client
 	@mkdir -p $(DIST)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(DIST)/handler ./handler
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/fhir-sample ./tests/fhirsample/cmd/fhir-sample
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/bulk-client ./tests/bulkclient/cmd/bulk-client
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/fhir-sample ./cmd/fhir-sample
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/bulk-client ./cmd/bulk-client
 
 .PHONY: run
 run: build ## Run locally: Azurite, the sample FHIR server and `handler serve` on 127.0.0.1:7071
-	@bash tests/scripts/run-local.sh
+	@bash scripts/run-local.sh
 
 .PHONY: test
 test: build package ## Unit, integration (Azurite), end-to-end and emulated Functions host tests; starts and stops Azurite itself
-	@bash tests/scripts/run-tests.sh
+	@bash scripts/run-tests.sh
 
 .PHONY: bench
 bench: build ## End-to-end benchmark (100 patients on Azurite) and the Go benchmarks; see docs/benchmarks.md
-	@bash tests/scripts/bench.sh
+	@bash scripts/bench.sh
 
 .PHONY: fault
 fault: build ## The SIGKILL fault-injection test with 100 kills (make test runs it with 20)
-	@FAULT_KILLS=100 TEST_PACKAGES=./tests/e2e/ GO_TEST_FLAGS="-v -run TestSIGKILL" bash tests/scripts/run-tests.sh
+	@FAULT_KILLS=100 TEST_PACKAGES=./tests/e2e/ GO_TEST_FLAGS="-v -run TestSIGKILL" bash scripts/run-tests.sh
 
 .PHONY: unit
 unit: ## Unit tests only (no Azurite)
-	$(GO) test -count=1 ./...
+	EXPORT_INTEGRATION= $(GO) test -count=1 ./...
+
+.PHONY: check
+check: ## gofmt, go vet, staticcheck and the unit tests under the race detector (no Azurite)
+	@unformatted=$$(gofmt -l $$($(GO) list -f '{{.Dir}}' ./...) | sort -u); \
+	if [[ -n $$unformatted ]]; then echo "gofmt -l lists files to format:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+	EXPORT_INTEGRATION= $(GO) test -race -short -count=1 ./...
 
 .PHONY: package
 package: ## Build dist/app.zip, deployable to Azure Functions as it is
-	@bash tests/scripts/package.sh
+	@bash scripts/package.sh
 
 .PHONY: clean
 clean: ## Remove build output

@@ -16,7 +16,7 @@
 # benchmarks, BENCH_FHIR_ADDR, BENCH_HANDLER_ADDR and AZURITE_BLOB_PORT (the
 # first free ports from 127.0.0.1:18090, :17090 and 10250-10252).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 root=$PWD
 run=$root/.run
 mkdir -p "$run"
@@ -54,7 +54,7 @@ stop_all() {
 	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 	pids=()
-	bash tests/azurite/azurite.sh stop 2>/dev/null || true
+	bash scripts/azurite/azurite.sh stop 2>/dev/null || true
 }
 trap stop_all EXIT
 trap 'exit 130' INT
@@ -100,7 +100,7 @@ go run ./tests/bench/cmd/make-dataset -src tests/data/synthea-r4-10 -out "$data"
 want=$(cat "$data"/*.ndjson | wc -l)
 
 echo "== starting Azurite (ports $AZURITE_BLOB_PORT-$AZURITE_TABLE_PORT), fhir-sample ($fhir_addr), handler ($api_addr)"
-conn=$(bash tests/azurite/azurite.sh start)
+conn=$(bash scripts/azurite/azurite.sh start)
 
 azurite_pid=$(<"$AZURITE_PIDFILE")
 

@@ -4,7 +4,7 @@
 # functions only one level deep), and the linux/amd64 static handler binary
 # at host.json's defaultExecutablePath with its exec bit kept.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 dist=${DIST:-dist}
 stage=$dist/app
 rm -rf "$stage" "$dist/app.zip"

@@ -3,7 +3,7 @@
 # with the bundled Synthea data, and `handler serve` on 127.0.0.1:7071, ready
 # for an export. Ctrl-C stops all three.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 root=$PWD
 mkdir -p .run
 
@@ -15,12 +15,12 @@ pids=()
 cleanup() {
 	for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 	wait 2>/dev/null || true
-	bash tests/azurite/azurite.sh stop || true
+	bash scripts/azurite/azurite.sh stop || true
 }
 trap cleanup EXIT INT TERM
 
 export AzureWebJobsStorage
-AzureWebJobsStorage=$(bash tests/azurite/azurite.sh start)
+AzureWebJobsStorage=$(bash scripts/azurite/azurite.sh start)
 
 dist/fhir-sample -data tests/data/synthea-r4-10 -addr "$fhir_addr" >.run/fhir-sample.log 2>&1 &
 pids+=($!)

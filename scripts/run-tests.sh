@@ -3,7 +3,7 @@
 # end-to-end tests (built binaries + sample FHIR server + Azurite) through the
 # public HTTP API. Starts the pinned Azurite on test ports and stops it after.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 root=$PWD
 
 export AZURITE_BLOB_PORT=${AZURITE_BLOB_PORT:-10100}
@@ -12,10 +12,10 @@ export AZURITE_TABLE_PORT=${AZURITE_TABLE_PORT:-10102}
 export AZURITE_PIDFILE=${AZURITE_PIDFILE:-$root/.run/azurite-test.pid}
 mkdir -p "$(dirname "$AZURITE_PIDFILE")"
 
-stop_azurite() { bash tests/azurite/azurite.sh stop || true; }
+stop_azurite() { bash scripts/azurite/azurite.sh stop || true; }
 trap stop_azurite EXIT
 
-AZURE_STORAGE_CONNECTION_STRING=$(bash tests/azurite/azurite.sh start)
+AZURE_STORAGE_CONNECTION_STRING=$(bash scripts/azurite/azurite.sh start)
 export AZURE_STORAGE_CONNECTION_STRING
 export EXPORT_INTEGRATION=1
 dist=${DIST:-dist}

@@ -77,7 +77,7 @@ func TestRunLogsBaseURLAndServes(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, config{dataDir: "../../../data/synthea-r4-10", addr: "127.0.0.1:0", basePath: "/fhir"},
+		done <- run(ctx, config{dataDir: "../../tests/data/synthea-r4-10", addr: "127.0.0.1:0", basePath: "/fhir"},
 			slog.New(slog.NewJSONHandler(&out, nil)))
 	}()
 	var line struct {

@@ -42,7 +42,8 @@ type QueueSettings struct {
 }
 
 // Function is one function folder next to host.json: its name (the folder
-// name, case preserved) and the bindings of its function.json.
+// name, case preserved) and the bindings of its function.json, a queue
+// trigger's queueName with its %NAME% app settings resolved.
 type Function struct {
 	Name     string
 	Bindings []Binding
@@ -140,6 +141,40 @@ func applySettingOverrides(doc []byte, env []string) ([]byte, error) {
 		return doc, nil
 	}
 	return json.Marshal(root)
+}
+
+// resolveSettings replaces every %NAME% in s with the app setting NAME from
+// env (names case-insensitive, as the host's configuration reads them; the
+// last of duplicate settings wins, as in the process environment). A name
+// without a value is the host's indexing error "'%NAME%' does not resolve
+// to a value".
+func resolveSettings(s string, env []string) (string, error) {
+	var b strings.Builder
+	rest := s
+	for {
+		start := strings.IndexByte(rest, '%')
+		if start < 0 {
+			b.WriteString(rest)
+			return b.String(), nil
+		}
+		end := strings.IndexByte(rest[start+1:], '%')
+		if end < 0 {
+			return "", fmt.Errorf("%q has an unpaired %%", s)
+		}
+		name := rest[start+1 : start+1+end]
+		value, ok := "", false
+		for _, kv := range env {
+			if k, v, _ := strings.Cut(kv, "="); name != "" && strings.EqualFold(k, name) {
+				value, ok = v, v != ""
+			}
+		}
+		if !ok {
+			return "", fmt.Errorf("'%%%s%%' does not resolve to a value (app setting %s is not set)", name, name)
+		}
+		b.WriteString(rest[:start])
+		b.WriteString(value)
+		rest = rest[start+1+end+1:]
+	}
 }
 
 // readHostJSON parses host.json the way the emulator needs it, with the

@@ -31,10 +31,12 @@ const workerFunction = "ExportWorker"
 func exportHost(t *testing.T, cs, fhirBase, hostPatch string, settings ...string) *Host {
 	t.Helper()
 	env, queue := exportEnv(fhirBase, settings...)
-	h := startHost(t, Options{
-		AppZip: distFile(t, "app.zip"), Env: env, StorageConnectionString: cs,
-		HostJSONPatch: hostPatch, QueueNames: map[string]string{workerFunction: queue},
-	})
+	h := startHost(t, Options{AppZip: distFile(t, "app.zip"), Env: env, StorageConnectionString: cs, HostJSONPatch: hostPatch})
+	// function.json names the queue as %EXPORT_QUEUE%: the trigger polls the
+	// queue the handler enqueues to because both read the same app setting.
+	if got := h.QueueName(workerFunction); got != queue {
+		t.Fatalf("the %s trigger polls %q, but EXPORT_QUEUE is %q", workerFunction, got, queue)
+	}
 	waitServing(t, h)
 	svc, err := azqueue.NewServiceClientFromConnectionString(cs, nil)
 	if err != nil {

@@ -146,12 +146,19 @@ func peelTwice(raw json.RawMessage) []byte {
 	return b
 }
 
+// fakeHTTPFunction catches every path but the queue function's, as
+// functions/ExportHttp does.
 const fakeHTTPFunction = `{"bindings":[
- {"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","methods":["get","post","delete"],"route":"{*path}"},
+ {"type":"httpTrigger","direction":"in","name":"req","authLevel":"anonymous","methods":["get","post","delete"],
+  "route":"{*path:regex(^(?!` + fakeQueueFunction + `$).*)}"},
  {"type":"http","direction":"out","name":"res"}]}`
 
+// fakeQueueSetting is the app setting that names the fake queue function's
+// queue, as EXPORT_QUEUE names the real one's.
+const fakeQueueSetting = "FAKE_QUEUE"
+
 const fakeQueueFunctionJSON = `{"bindings":[
- {"type":"queueTrigger","direction":"in","name":"item","queueName":"fake-items","connection":"AzureWebJobsStorage"}]}`
+ {"type":"queueTrigger","direction":"in","name":"item","queueName":"%` + fakeQueueSetting + `%","connection":"AzureWebJobsStorage"}]}`
 
 const fakeHostJSON = `{
   "version": "2.0",

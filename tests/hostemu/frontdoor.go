@@ -2,11 +2,15 @@ package hostemu
 
 import (
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
+
+	"github.com/dlclark/regexp2"
 )
 
 // hopHeaders are connection-level headers a proxy never forwards.
@@ -98,14 +102,74 @@ func (h *Host) serveFront(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// routeMatches reports whether path is under the route prefix; the only
-// emulated route template, {*path}, matches anything below it.
+// routeMatches reports whether the HTTP function's route matches path: it
+// must be under the route prefix, and what follows (the catch-all value)
+// must pass the route's constraint, if it has one.
 func (h *Host) routeMatches(p string) bool {
-	prefix := h.cfg.RoutePrefix
-	if prefix == "" {
+	value := strings.TrimPrefix(p, "/")
+	if prefix := h.cfg.RoutePrefix; prefix != "" {
+		switch {
+		case strings.EqualFold(p, "/"+prefix):
+			value = ""
+		case strings.HasPrefix(strings.ToLower(p), "/"+strings.ToLower(prefix)+"/"):
+			value = p[len(prefix)+2:]
+		default:
+			return false
+		}
+	}
+	return h.route.accepts(value)
+}
+
+// catchAll is the one emulated route template: a catch-all parameter,
+// {*path}, optionally with one regex constraint, {*path:regex(pattern)}
+// (docs §1.3, route constraints).
+type catchAll struct {
+	// constraint is the regex as ASP.NET Core's RegexRouteConstraint
+	// compiles it (.NET syntax, case-insensitive, explicit capture); nil
+	// accepts every value.
+	constraint *regexp2.Regexp
+}
+
+// parseRoute reads a route template; anything but a catch-all with at most
+// a regex constraint is not emulated. In the constraint, {{ and }} stand for
+// { and }, as everywhere in a route template.
+func parseRoute(template string) (catchAll, error) {
+	if !strings.HasPrefix(template, "{*") || !strings.HasSuffix(template, "}") {
+		return catchAll{}, errors.New(`only a catch-all route, "{*path}" or "{*path:regex(...)}", is emulated`)
+	}
+	inner := template[2 : len(template)-1]
+	name, constraint, hasConstraint := strings.Cut(inner, ":")
+	if name == "" || strings.ContainsAny(name, "{}*?=") {
+		return catchAll{}, fmt.Errorf("%q is not a parameter name", name)
+	}
+	if !hasConstraint {
+		return catchAll{}, nil
+	}
+	if !strings.HasPrefix(constraint, "regex(") || !strings.HasSuffix(constraint, ")") {
+		return catchAll{}, fmt.Errorf("constraint %q: only one regex(...) constraint is emulated", constraint)
+	}
+	pattern := constraint[len("regex(") : len(constraint)-1]
+	pattern = strings.NewReplacer("{{", "{", "}}", "}").Replace(pattern)
+	re, err := regexp2.Compile(pattern, regexp2.IgnoreCase|regexp2.ExplicitCapture)
+	if err != nil {
+		return catchAll{}, fmt.Errorf("constraint %q: %w", constraint, err)
+	}
+	re.MatchTimeout = 10 * time.Second // RegexRouteConstraint's
+	return catchAll{constraint: re}, nil
+}
+
+// accepts reports whether the catch-all value passes the constraint: the
+// regex must match somewhere in it (it is not anchored for you), and an
+// empty value, which the route leaves unset, passes no constraint.
+func (c catchAll) accepts(value string) bool {
+	if c.constraint == nil {
 		return true
 	}
-	return strings.EqualFold(p, "/"+prefix) || strings.HasPrefix(strings.ToLower(p), "/"+strings.ToLower(prefix)+"/")
+	if value == "" {
+		return false
+	}
+	ok, err := c.constraint.MatchString(value)
+	return err == nil && ok
 }
 
 func methodAllowed(methods []string, m string) bool {

@@ -16,10 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+
 	"github.com/azfhir/bulkexport/tests/exportcheck"
 	"github.com/azfhir/bulkexport/tests/testproc"
-
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 )
 
 // The integration tests need EXPORT_INTEGRATION=1, BULKEXPORT_DIST (with
@@ -41,10 +41,14 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// integration skips t unless EXPORT_INTEGRATION=1 and fails it when that is
-// set but Azurite is unreachable. It returns the storage connection string.
+// integration skips t under -short (make check) or unless
+// EXPORT_INTEGRATION=1, and fails it when that is set but Azurite is
+// unreachable. It returns the storage connection string.
 func integration(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: the emulated-host tests need Azurite and dist/")
+	}
 	if os.Getenv("EXPORT_INTEGRATION") != "1" {
 		t.Skip("set EXPORT_INTEGRATION=1 (make test does) to run the emulated-host tests")
 	}

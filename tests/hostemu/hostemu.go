@@ -7,7 +7,10 @@
 // What it emulates, from a deployable app.zip:
 //
 //   - configuration: host.json, with AzureFunctionsJobHost__<path> app
-//     settings (from Env) overriding its values, and every function.json;
+//     settings (from Env) overriding its values, and every function.json,
+//     with %NAME% in a queue trigger's queueName resolved from the app
+//     settings (a name without a value fails Start, as the host fails to
+//     index the function);
 //   - packaging: host.json at the zip root, function folders one level deep,
 //     the executable at customHandler.description.defaultExecutablePath with
 //     mode 0755 in the zip;
@@ -19,8 +22,10 @@
 //     restarted (three crashes within 30 minutes shut the emulated host down),
 //     one that exits with 0 is not;
 //   - HTTP forwarding (§1.3, §1.3a) for a function whose bindings are exactly
-//     httpTrigger + http with route "{*path}": original method and path (with
-//     the routePrefix), the query rebuilt (repeated keys comma-joined, values
+//     httpTrigger + http with route "{*path}", or "{*path:regex(...)}" whose
+//     .NET regex (case-insensitive) must match the path below the prefix (an
+//     empty one never does), else the host answers 404: original method and
+//     path (with the routePrefix), the query rebuilt (repeated keys comma-joined, values
 //     re-encoded, an unencoded '+' read as a space), the body only when the
 //     request has a Content-Length, Content-Encoding dropped, the invocation
 //     headers added; the answer is passed back untouched;
@@ -37,8 +42,9 @@
 //
 // What it does not emulate: the real ASP.NET forwarding code (header
 // casing/order, exact percent-encoding choices, whether Host is rewritten:
-// the client's Host is kept here), authLevel keys, route templates other
-// than "{*path}", the JSON payload mode for HTTP functions, output bindings,
+// the client's Host is kept here; a catch-all value is the decoded path, so
+// %2F counts as '/'), authLevel keys, route templates other than a
+// catch-all with at most one regex constraint, the JSON payload mode for HTTP functions, output bindings,
 // other trigger types, identity-based connections (only connection strings),
 // the periodic GET / pings after start-up, dynamic concurrency, scale-out,
 // Application Insights, and the host's own storage use (locks, timers).
@@ -57,9 +63,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+
+	"github.com/azfhir/bulkexport/handler/devstorage"
 )
 
 // HostVersion is the version the emulator announces in
@@ -67,11 +76,8 @@ import (
 const HostVersion = "4.1037.0.0"
 
 // developmentStorage is UseDevelopmentStorage=true spelled out (the Go SDK
-// rejects the short form).
-const developmentStorage = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;" +
-	"AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;" +
-	"BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;" +
-	"TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
+// rejects the short form), the same account the handler expands it to.
+const developmentStorage = devstorage.ConnectionString
 
 // Options configure an emulated host.
 type Options struct {
@@ -94,10 +100,6 @@ type Options struct {
 	// example {"extensions":{"queues":{"visibilityTimeout":"00:00:01"}}}. The
 	// handler reads the patched file too, as it would read a deployed one.
 	HostJSONPatch string
-	// QueueNames is a test knob, not host behaviour: function name → the
-	// queueName its queue trigger polls instead of the one in function.json,
-	// so that parallel tests keep to their own queues.
-	QueueNames map[string]string
 	// StartTimeout is the readiness window (default 30 s, the host's).
 	StartTimeout time.Duration
 }
@@ -137,6 +139,7 @@ type Host struct {
 	cfg       HostConfig
 	functions []Function
 	httpFn    *Function
+	route     catchAll // httpFn's route
 	exe       string
 	workDir   string
 
@@ -319,9 +322,11 @@ func (h *Host) load() error {
 				return fmt.Errorf("hostemu: function %s would get the JSON payload mode for HTTP (bindings not exactly httpTrigger+http, "+
 					"or enableForwardingHttpRequest off): not emulated", fn.Name)
 			}
-			if b.Route != "{*path}" {
-				return fmt.Errorf("hostemu: function %s has route %q: only \"{*path}\" is emulated", fn.Name, b.Route)
+			route, err := parseRoute(b.Route)
+			if err != nil {
+				return fmt.Errorf("hostemu: function %s has route %q: %w", fn.Name, b.Route, err)
 			}
+			h.route = route
 			if h.httpFn != nil {
 				return fmt.Errorf("hostemu: functions %s and %s both catch every route", h.httpFn.Name, fn.Name)
 			}
@@ -330,12 +335,19 @@ func (h *Host) load() error {
 			if len(fn.Bindings) != 1 {
 				return fmt.Errorf("hostemu: function %s has bindings besides its queue trigger: not emulated", fn.Name)
 			}
-			if q, ok := h.opts.QueueNames[fn.Name]; ok {
-				h.functions[i].Bindings[0].QueueName = q
-			}
-			if h.functions[i].Bindings[0].QueueName == "" || b.Name == "" {
+			if b.QueueName == "" || b.Name == "" {
 				return fmt.Errorf("hostemu: function %s: queueTrigger needs name and queueName", fn.Name)
 			}
+			// The host resolves %NAME% in queueName from the app settings
+			// when it indexes the function; an unresolved name keeps the
+			// function from loading. The real host would run the other
+			// functions and report this one in error; a package whose
+			// worker never runs is of no use to a test, so Start fails.
+			q, err := resolveSettings(b.QueueName, h.opts.Env)
+			if err != nil {
+				return fmt.Errorf("hostemu: Error indexing method 'Functions.%s': %w", fn.Name, err)
+			}
+			h.functions[i].Bindings[0].QueueName = q
 		default:
 			return fmt.Errorf("hostemu: function %s has a %s trigger: not emulated", fn.Name, b.Type)
 		}
@@ -358,6 +370,20 @@ func unzipEntry(f *zip.File, dst string) error {
 	perm := f.Mode().Perm()
 	if perm == 0 {
 		perm = 0o644
+	}
+	if perm&0o111 != 0 {
+		// An executable must have no write descriptor open anywhere when it
+		// is started, or execve fails with ETXTBSY ("text file busy", Go
+		// issue 22315). Ours is O_CLOEXEC and closed below, but a child that
+		// another goroutine forks while it is open (a parallel test starting
+		// its handler) gets a copy that lives until the child calls execve;
+		// if that has not happened yet when this file is started, the start
+		// fails. syscall.forkExec, which os/exec uses, holds ForkLock for
+		// writing across the fork, so holding it for reading from open to
+		// close means no fork happens while the descriptor exists and no
+		// child can inherit it. Forks wait at most for one file's write.
+		syscall.ForkLock.RLock()
+		defer syscall.ForkLock.RUnlock()
 	}
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, perm)
 	if err != nil {

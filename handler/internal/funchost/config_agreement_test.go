@@ -32,14 +32,19 @@ import (
 const repo = "../../.."
 
 var (
-	hostJSONFile   = filepath.Join(repo, "host.json")
-	functionsDir   = filepath.Join(repo, "functions")
-	makefile       = filepath.Join(repo, "Makefile")
-	packageScript  = filepath.Join(repo, "tests/scripts/package.sh")
-	functionBicep  = filepath.Join(repo, "infra/modules/functionapp.bicep")
-	mainBicep      = filepath.Join(repo, "infra/main.bicep")
-	mainParameters = filepath.Join(repo, "infra/main.parameters.json")
+	hostJSONFile  = filepath.Join(repo, "host.json")
+	functionsDir  = filepath.Join(repo, "functions")
+	makefile      = filepath.Join(repo, "Makefile")
+	packageScript = filepath.Join(repo, "scripts/package.sh")
+	functionBicep = filepath.Join(repo, "infra/modules/functionapp.bicep")
+	mainBicep     = filepath.Join(repo, "infra/main.bicep")
+	localSettings = filepath.Join(repo, "local.settings.sample.json")
 )
+
+// queueSetting is the app setting that names the work item queue: the
+// handler reads it (config) and the worker function's trigger resolves
+// %EXPORT_QUEUE% from it, so the two cannot name different queues.
+const queueSetting = "EXPORT_QUEUE"
 
 type hostJSON struct {
 	Version         string `json:"version"`
@@ -249,8 +254,10 @@ func TestFunctionBindingsFitTheHandler(t *testing.T) {
 		t.Errorf("%s: bindings %v, want exactly [httpTrigger/in http/out] (anything else turns off forwarding)", fn.File, got)
 	}
 	trigger := fn.Bindings[0]
-	if trigger.Route != "{*path}" {
-		t.Errorf("%s: route %q, want \"{*path}\" (routing happens in httpapi)", fn.File, trigger.Route)
+	// A catch-all (routing happens in httpapi) that cannot produce the worker's
+	// path, so no external request reaches POST /ExportWorker through the host.
+	if want := "{*path:regex(^(?!" + WorkerFunction + "$).*)}"; trigger.Route != want {
+		t.Errorf("%s: route %q, want %q (a catch-all that excludes the queue function's path)", fn.File, trigger.Route, want)
 	}
 	methods := slices.Clone(trigger.Methods)
 	slices.Sort(methods)
@@ -275,24 +282,29 @@ func TestFunctionBindingsFitTheHandler(t *testing.T) {
 	if q.Direction != "in" || q.Name != WorkerBinding {
 		t.Errorf("%s: binding name %q direction %q, but funchost reads Data.%s (funchost.WorkerBinding)", fn.File, q.Name, q.Direction, WorkerBinding)
 	}
-	if q.QueueName != config.QueueName {
-		t.Errorf("%s: queueName %q, but the handler enqueues to %q (config.QueueName, EXPORT_QUEUE's default)", fn.File, q.QueueName, config.QueueName)
+	if want := "%" + queueSetting + "%"; q.QueueName != want {
+		t.Errorf("%s: queueName %q, want %q: the trigger must read the app setting the handler enqueues by", fn.File, q.QueueName, want)
 	}
-	if len(q.QueueName) > 56 {
-		t.Errorf("%s: queueName %q is %d characters; at most 56 so that -poison fits in 63", fn.File, q.QueueName, len(q.QueueName))
+	cfg, err := config.Load(func(k string) string {
+		return map[string]string{"FHIR_SERVER_URL": "https://fhir.example", "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+			queueSetting: "items-from-the-setting"}[k]
+	})
+	if err != nil || cfg.Queue != "items-from-the-setting" {
+		t.Errorf("with %s=items-from-the-setting the handler's queue is %q (%v): it must enqueue to the queue the trigger polls", queueSetting, cfg.Queue, err)
 	}
 	if q.Connection != "AzureWebJobsStorage" {
 		t.Errorf("%s: connection %q, want AzureWebJobsStorage (the settings the handler and the Bicep use)", fn.File, q.Connection)
 	}
 }
 
-// The deployed app settings name the same queue, and the trigger's
-// connection prefix has a queue endpoint.
+// The deployed app settings set EXPORT_QUEUE (without it the host cannot
+// index the worker function) to the queue the storage module creates, and
+// the trigger's connection prefix has a queue endpoint.
 func TestBicepSettingsMatchTheBindings(t *testing.T) {
 	app := readText(t, functionBicep)
-	m := regexp.MustCompile(`(?m)^\s*EXPORT_QUEUE:\s*(\w+)\s*$`).FindStringSubmatch(app)
+	m := regexp.MustCompile(`(?m)^\s*` + queueSetting + `:\s*(\w+)\s*$`).FindStringSubmatch(app)
 	if m == nil {
-		t.Fatalf("%s: no EXPORT_QUEUE app setting: the handler would not know the trigger's queue", functionBicep)
+		t.Fatalf("%s: no %s app setting: the host cannot resolve %%%s%% in the worker's queueName", functionBicep, queueSetting, queueSetting)
 	}
 	param := m[1]
 	if !regexp.MustCompile(`(?m)^param ` + param + ` string\b`).MatchString(app) {
@@ -303,22 +315,34 @@ func TestBicepSettingsMatchTheBindings(t *testing.T) {
 	}
 
 	main := readText(t, mainBicep)
-	if d := regexp.MustCompile(`(?m)^param workQueue string = '([^']*)'`).FindStringSubmatch(main); d == nil || d[1] != config.QueueName {
-		t.Errorf("%s: param workQueue default %v, want '%s' (functions/%s/function.json queueName)", mainBicep, d, config.QueueName, WorkerFunction)
-	}
 	if !regexp.MustCompile(`(?s)module functionApp [^\n]*\{.*?\n\s*` + param + `: workQueue\n`).MatchString(main) {
 		t.Errorf("%s: the functionApp module does not get %s: workQueue", mainBicep, param)
 	}
-	var params struct {
-		Parameters map[string]struct {
-			Value any `json:"value"`
-		} `json:"parameters"`
+	if !regexp.MustCompile(`(?s)module storage [^\n]*\{.*?\n\s*workQueue: workQueue\n`).MatchString(main) {
+		t.Errorf("%s: the storage module does not get workQueue: the queue %s names would not be created", mainBicep, queueSetting)
 	}
-	if err := json.Unmarshal([]byte(readText(t, mainParameters)), &params); err != nil {
-		t.Fatalf("%s: %v", mainParameters, err)
+}
+
+// Local runs under Core Tools read local.settings.json, copied from the
+// sample: it must set EXPORT_QUEUE, or the host cannot index the worker
+// function, and the handler must accept the settings as they are.
+func TestLocalSettingsSampleNamesTheWorkQueue(t *testing.T) {
+	var doc struct {
+		Values map[string]string `json:"Values"`
 	}
-	if p, ok := params.Parameters["workQueue"]; ok && p.Value != config.QueueName {
-		t.Errorf("%s: workQueue %v, want %q (functions/%s/function.json queueName)", mainParameters, p.Value, config.QueueName, WorkerFunction)
+	if err := json.Unmarshal([]byte(readText(t, localSettings)), &doc); err != nil {
+		t.Fatalf("%s: %v", localSettings, err)
+	}
+	q := doc.Values[queueSetting]
+	if q == "" {
+		t.Fatalf("%s: no %s in Values: the host cannot resolve %%%s%% in functions/%s/function.json", localSettings, queueSetting, queueSetting, WorkerFunction)
+	}
+	cfg, err := config.Load(func(k string) string { return doc.Values[k] })
+	if err != nil {
+		t.Fatalf("%s: the handler does not start with these settings: %v", localSettings, err)
+	}
+	if cfg.Queue != q {
+		t.Errorf("%s: %s is %q but the handler reads %q", localSettings, queueSetting, q, cfg.Queue)
 	}
 }
 
@@ -332,6 +356,9 @@ func (routeEngine) Status(context.Context, string) (*export.Status, error) {
 	return nil, fault.New(fault.NotFound, "no such job")
 }
 func (routeEngine) Cancel(context.Context, string) error { return nil }
+func (routeEngine) RestartStalled(context.Context, string) (int, error) {
+	return 0, nil
+}
 func (routeEngine) OpenFile(context.Context, string, string) (io.ReadCloser, int64, error) {
 	return nil, 0, fault.New(fault.NotFound, "no such file")
 }
@@ -341,7 +368,7 @@ func (routeEngine) OpenFile(context.Context, string, string) (io.ReadCloser, int
 // function reaches an httpapi route (not the mux's 404).
 func TestEveryFunctionHasARouteInTheHandler(t *testing.T) {
 	proc := &fakeProcessor{}
-	h := New(httpapi.New(routeEngine{}, httpapi.Options{DefaultContainer: "bulk-export"}), proc, maxDequeue)
+	h := New(httpapi.New(routeEngine{}, httpapi.Options{DefaultContainer: "bulk-export"}), proc, maxDequeue, nil)
 	serve := func(method, target, body string) *httptest.ResponseRecorder {
 		req := httptest.NewRequest(method, target, strings.NewReader(body))
 		req.Header.Set("Accept", "application/fhir+json")
