@@ -1,7 +1,8 @@
 // Package bulkclient is a small FHIR Bulk Data client that follows the IG the
 // way real clients do: kick-off with Accept and Prefer, poll the
-// Content-Location honouring Retry-After, then download every file of the
-// manifest and check that each line is a resource of the file's type and that
+// Content-Location honouring Retry-After and reading X-Progress as the SMART
+// bulk-data-client does (a running export must answer a percentage below
+// 100 there), then download every file of the manifest and check that each line is a resource of the file's type and that
 // the count matches. The end-to-end tests use it, and cmd/bulk-client runs it
 // against `make run`.
 package bulkclient
@@ -24,6 +25,9 @@ type Client struct {
 	Base    string // service base URL, e.g. http://127.0.0.1:7071
 	HTTP    *http.Client
 	MaxWait time.Duration // give up polling after this (default 5 minutes)
+	// Progress, when set, is called with every in-progress answer: the
+	// percentage read from X-Progress (see Percent) and the header itself.
+	Progress func(percent int, header string)
 }
 
 // Manifest is the complete-status body.
@@ -122,6 +126,14 @@ func (c *Client) Wait(ctx context.Context, statusURL string) (Manifest, int, err
 			if err != nil {
 				return Manifest{}, polls, err
 			}
+			progress := resp.Header.Get("X-Progress")
+			pct, ok := Percent(progress)
+			if !ok || pct < 0 || pct > 99 || len(progress) > 100 {
+				return Manifest{}, polls, fmt.Errorf("X-Progress %q of a running export: want a percentage from 0 to 99 first, under 100 characters", progress)
+			}
+			if c.Progress != nil {
+				c.Progress(pct, progress)
+			}
 			select {
 			case <-ctx.Done():
 				return Manifest{}, polls, fmt.Errorf("export did not finish in %s (last X-Progress %q)", maxWait, resp.Header.Get("X-Progress"))
@@ -140,6 +152,34 @@ type StatusError struct {
 }
 
 func (e *StatusError) Error() string { return fmt.Sprintf("status %d: %s", e.Code, e.Body) }
+
+// Percent reads an X-Progress as the SMART bulk-data-client does
+// (parseInt(header.trim(), 10) in its waitForExport): the leading integer,
+// after white space and an optional sign, is the percentage complete, and
+// anything after the digits is ignored. ok is false when the header does not
+// start with a number, which that client reports as unknown progress.
+func Percent(header string) (percent int, ok bool) {
+	s := strings.TrimSpace(header)
+	sign := 1
+	if s != "" && (s[0] == '+' || s[0] == '-') {
+		if s[0] == '-' {
+			sign = -1
+		}
+		s = s[1:]
+	}
+	digits := 0
+	for digits < len(s) && s[digits] >= '0' && s[digits] <= '9' {
+		digits++
+	}
+	if digits == 0 {
+		return 0, false
+	}
+	n, err := strconv.Atoi(s[:min(digits, 18)]) // JavaScript would lose precision past that anyway
+	if err != nil {
+		return 0, false
+	}
+	return sign * n, true
+}
 
 // retryAfter reads an integer Retry-After as the IG clients do.
 func retryAfter(v string) (time.Duration, error) {

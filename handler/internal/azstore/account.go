@@ -18,11 +18,14 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/service"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue/queueerror"
 
+	"github.com/azfhir/bulkexport/handler/devstorage"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 )
 
-// Default names of the table and the queue.
+// Default names of the table and the queue: the defaults of EXPORT_TABLE and
+// EXPORT_QUEUE (config reads them from here).
 const (
 	DefaultTable = "exportjobs"
 	DefaultQueue = "export-workitems"
@@ -35,19 +38,11 @@ const PoisonSuffix = "-poison"
 // maxQueueName leaves room for PoisonSuffix within the 63-character limit.
 const maxQueueName = 63 - len(PoisonSuffix)
 
-// DevelopmentConnectionString is the full connection string for Azurite on
-// its default ports. The SDKs reject the short form UseDevelopmentStorage=true.
-const DevelopmentConnectionString = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;" +
-	"AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;" +
-	"BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;" +
-	"QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;" +
-	"TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
-
 // Options says how to reach the storage account: either a connection string,
 // or the three service URLs and a token credential (identity-based access, as
 // the Functions settings AzureWebJobsStorage__blobServiceUri etc. describe).
 type Options struct {
-	ConnectionString string // "UseDevelopmentStorage=true" means Azurite on its default ports
+	ConnectionString string // "UseDevelopmentStorage=true" means Azurite on its default ports (devstorage)
 
 	BlobURL, QueueURL, TableURL string
 	Credential                  azcore.TokenCredential
@@ -70,6 +65,17 @@ var (
 	queueName = regexp.MustCompile(`^[a-z0-9]+(?:-[a-z0-9]+)*$`)
 )
 
+// ValidTableName reports whether s is a valid Azure table name: 3 to 63
+// letters and digits, starting with a letter.
+func ValidTableName(s string) bool { return tableName.MatchString(s) }
+
+// ValidQueueName reports whether s is a valid name for the work item queue:
+// an Azure queue name (lowercase letters, digits and single inner hyphens)
+// of 3 to 56 characters, so that its PoisonSuffix queue fits in 63.
+func ValidQueueName(s string) bool {
+	return len(s) >= 3 && len(s) <= maxQueueName && queueName.MatchString(s)
+}
+
 // Open builds the service clients. It does no I/O: a wrong key or URL shows
 // up at the first call (EnsureInfrastructure, typically).
 func Open(ctx context.Context, o Options) (*Account, error) {
@@ -80,7 +86,7 @@ func Open(ctx context.Context, o Options) (*Account, error) {
 	a := &Account{table: o.Table, queue: o.Queue}
 	var err error
 	if o.ConnectionString != "" {
-		err = a.fromConnectionString(expand(o.ConnectionString))
+		err = a.fromConnectionString(devstorage.Expand(o.ConnectionString))
 	} else {
 		err = a.fromCredential(o)
 	}
@@ -107,23 +113,12 @@ func (o Options) validate() error {
 		return errors.New("give either a connection string or service URLs with a credential, not both")
 	case o.ConnectionString == "" && (o.BlobURL == "" || o.QueueURL == "" || o.TableURL == "" || o.Credential == nil):
 		return errors.New("give a connection string, or the blob, queue and table URLs and a credential")
-	case !tableName.MatchString(o.Table):
+	case !ValidTableName(o.Table):
 		return fmt.Errorf("table name %q: 3 to 63 letters and digits, starting with a letter", o.Table)
-	case !queueName.MatchString(o.Queue) || len(o.Queue) < 3 || len(o.Queue) > maxQueueName:
+	case !ValidQueueName(o.Queue):
 		return fmt.Errorf("queue name %q: 3 to 56 lowercase letters, digits and single inner hyphens", o.Queue)
 	}
 	return nil
-}
-
-// expand replaces the short Azurite form with the full connection string.
-func expand(cs string) string {
-	for part := range strings.SplitSeq(cs, ";") {
-		k, v, _ := strings.Cut(part, "=")
-		if strings.EqualFold(strings.TrimSpace(k), "UseDevelopmentStorage") && strings.EqualFold(strings.TrimSpace(v), "true") {
-			return DevelopmentConnectionString
-		}
-	}
-	return cs
 }
 
 func (a *Account) fromConnectionString(cs string) error {
@@ -198,11 +193,11 @@ func (a *Account) Blobs() *Blobs {
 // EnsureInfrastructure creates the table, the queue and its poison queue if
 // they are missing. Containers are made per export by Blobs.EnsureContainer.
 func (a *Account) EnsureInfrastructure(ctx context.Context) error {
-	if _, err := a.tables.CreateTable(ctx, a.table, nil); err != nil && !hasCode(err, "TableAlreadyExists") {
+	if _, err := a.tables.CreateTable(ctx, a.table, nil); err != nil && !hasTableCode(err, aztables.TableAlreadyExists) {
 		return wrap(err, "create table %s", a.table)
 	}
 	for _, name := range []string{a.queue, a.queue + PoisonSuffix} {
-		if _, err := a.queues.CreateQueue(ctx, name, nil); err != nil && !hasCode(err, "QueueAlreadyExists") {
+		if _, err := a.queues.CreateQueue(ctx, name, nil); err != nil && !queueerror.HasCode(err, queueerror.QueueAlreadyExists) {
 			return wrap(err, "create queue %s", name)
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 
+	"github.com/azfhir/bulkexport/handler/devstorage"
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 	"github.com/azfhir/bulkexport/handler/internal/storetest"
@@ -110,7 +111,7 @@ func TestMissingInfrastructure(t *testing.T) {
 func integration(t *testing.T) *Account {
 	t.Helper()
 	if os.Getenv("EXPORT_INTEGRATION") != "1" {
-		t.Skip("set EXPORT_INTEGRATION=1 and start Azurite (tests/azurite/azurite.sh start) to run")
+		t.Skip("set EXPORT_INTEGRATION=1 and start Azurite (scripts/azurite/azurite.sh start) to run")
 	}
 	cs := os.Getenv("AZURE_STORAGE_CONNECTION_STRING")
 	if cs == "" {
@@ -123,7 +124,7 @@ func integration(t *testing.T) *Account {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
 	if err := probe(ctx, a); err != nil {
-		t.Fatalf("storage unreachable (start Azurite with tests/azurite/azurite.sh start, "+
+		t.Fatalf("storage unreachable (start Azurite with scripts/azurite/azurite.sh start, "+
 			"or set AZURE_STORAGE_CONNECTION_STRING): %v", err)
 	}
 	return a
@@ -146,25 +147,12 @@ func probe(ctx context.Context, a *Account) error {
 // and container names.
 func suffix() string { return fmt.Sprintf("%016x", rand.Uint64()) }
 
-func TestExpand(t *testing.T) {
-	for in, want := range map[string]string{
-		"UseDevelopmentStorage=true":                  DevelopmentConnectionString,
-		" usedevelopmentstorage = TRUE ;":             DevelopmentConnectionString,
-		"AccountName=a;AccountKey=k;EndpointSuffix=x": "AccountName=a;AccountKey=k;EndpointSuffix=x",
-		"UseDevelopmentStorage=false":                 "UseDevelopmentStorage=false",
-	} {
-		if got := expand(in); got != want {
-			t.Errorf("expand(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestOpenOptions(t *testing.T) {
 	cred := fakeCredential{}
 	urls := Options{BlobURL: "https://a.blob.core.windows.net", QueueURL: "https://a.queue.core.windows.net",
 		TableURL: "https://a.table.core.windows.net", Credential: cred}
 	withCS := urls
-	withCS.ConnectionString = DevelopmentConnectionString
+	withCS.ConnectionString = devstorage.ConnectionString
 	noCred := urls
 	noCred.Credential = nil
 	cases := []struct {
@@ -177,10 +165,10 @@ func TestOpenOptions(t *testing.T) {
 		{"nothing", Options{}, false},
 		{"both", withCS, false},
 		{"urls without credential", noCred, false},
-		{"bad table", Options{ConnectionString: DevelopmentConnectionString, Table: "export-jobs"}, false},
-		{"bad queue", Options{ConnectionString: DevelopmentConnectionString, Queue: "Export"}, false},
-		{"queue too long for -poison", Options{ConnectionString: DevelopmentConnectionString, Queue: strings.Repeat("q", 57)}, false},
-		{"queue of 56", Options{ConnectionString: DevelopmentConnectionString, Queue: strings.Repeat("q", 56)}, true},
+		{"bad table", Options{ConnectionString: devstorage.ConnectionString, Table: "export-jobs"}, false},
+		{"bad queue", Options{ConnectionString: devstorage.ConnectionString, Queue: "Export"}, false},
+		{"queue too long for -poison", Options{ConnectionString: devstorage.ConnectionString, Queue: strings.Repeat("q", 57)}, false},
+		{"queue of 56", Options{ConnectionString: devstorage.ConnectionString, Queue: strings.Repeat("q", 56)}, true},
 		{"malformed connection string", Options{ConnectionString: "nonsense"}, false},
 	}
 	for _, c := range cases {

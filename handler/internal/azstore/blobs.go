@@ -5,11 +5,12 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"io"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/service"
@@ -22,10 +23,7 @@ import (
 // ContentType is what every commit sets on a blob.
 const ContentType = "application/fhir+ndjson"
 
-const (
-	maxBlocks         = 50000
-	deleteParallelism = 8
-)
+const deleteParallelism = 8
 
 // Blobs is an export.Blobs on Azure block blobs. Block n has the id
 // base64("%08d" of n); a commit of n blocks lists ids 0..n-1 as "latest", so
@@ -40,7 +38,7 @@ var _ export.Blobs = (*Blobs)(nil)
 // EnsureContainer creates the container if it is missing.
 func (b *Blobs) EnsureContainer(ctx context.Context, name string) error {
 	_, err := b.svc.NewContainerClient(name).Create(ctx, nil)
-	if err != nil && !hasCode(err, "ContainerAlreadyExists") {
+	if err != nil && !bloberror.HasCode(err, bloberror.ContainerAlreadyExists) {
 		return wrap(err, "create container %s", name)
 	}
 	return nil
@@ -48,7 +46,7 @@ func (b *Blobs) EnsureContainer(ctx context.Context, name string) error {
 
 // StageBlock uploads data as uncommitted block number block of the blob.
 func (b *Blobs) StageBlock(ctx context.Context, container, name string, block int, data []byte) error {
-	if block < 0 || block >= maxBlocks {
+	if block < 0 || block >= export.MaxBlocksPerBlob {
 		return fault.New(fault.Internal, "stage block %d of %s/%s: out of range", block, container, name)
 	}
 	body := streaming.NopCloser(bytes.NewReader(data))
@@ -61,7 +59,7 @@ func (b *Blobs) StageBlock(ctx context.Context, container, name string, block in
 // CommitBlocks makes the blob exactly blocks 0..blocks-1 (an empty blob for
 // 0) and sets its Content-Type, which every commit would otherwise reset.
 func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks int, cond export.Condition) (string, error) {
-	if blocks < 0 || blocks > maxBlocks {
+	if blocks < 0 || blocks > export.MaxBlocksPerBlob {
 		return "", fault.New(fault.Internal, "commit %d blocks of %s/%s: out of range", blocks, container, name)
 	}
 	ids := make([]string, blocks)
@@ -92,7 +90,7 @@ func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks
 // Delete removes the blob; a missing blob or container is not an error.
 func (b *Blobs) Delete(ctx context.Context, container, name string) error {
 	_, err := b.svc.NewContainerClient(container).NewBlobClient(name).Delete(ctx, nil)
-	if err != nil && !hasCode(err, "BlobNotFound") && !hasCode(err, "ContainerNotFound") {
+	if err != nil && !bloberror.HasCode(err, bloberror.BlobNotFound, bloberror.ContainerNotFound) {
 		return wrap(err, "delete %s/%s", container, name)
 	}
 	return nil
@@ -108,7 +106,7 @@ func (b *Blobs) DeletePrefix(ctx context.Context, containerName, prefix string) 
 	pager := b.svc.NewContainerClient(containerName).NewListBlobsFlatPager(&container.ListBlobsFlatOptions{Prefix: &prefix})
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
-		if hasCode(err, "ContainerNotFound") {
+		if bloberror.HasCode(err, bloberror.ContainerNotFound) {
 			return nil
 		}
 		if err != nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue/queueerror"
 
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 )
@@ -23,7 +25,7 @@ import (
 func kindOf(err error) fault.Kind {
 	var re *azcore.ResponseError
 	if errors.As(err, &re) {
-		if re.ErrorCode == "TableNotFound" || re.ErrorCode == "QueueNotFound" {
+		if hasTableCode(err, aztables.TableNotFound) || queueerror.HasCode(err, queueerror.QueueNotFound) {
 			return fault.Internal
 		}
 		return statusKind(re.StatusCode)
@@ -77,8 +79,18 @@ func retryAfter(err error) time.Duration {
 	return time.Duration(s) * time.Second
 }
 
-// hasCode reports whether err is a service error with the given error code.
-func hasCode(err error, code string) bool {
+// hasTableCode reports whether err is a table service error with one of the
+// codes: aztables (v1.4) has typed codes but, unlike bloberror and queueerror,
+// no HasCode.
+func hasTableCode(err error, codes ...aztables.TableErrorCode) bool {
 	var re *azcore.ResponseError
-	return errors.As(err, &re) && re.ErrorCode == code
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, c := range codes {
+		if re.ErrorCode == string(c) {
+			return true
+		}
+	}
+	return false
 }

@@ -4,13 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/azfhir/bulkexport/handler/internal/queueworker"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue/queueerror"
 
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
+	"github.com/azfhir/bulkexport/handler/internal/queueworker"
 )
 
 // Delivery is a received message: its text and what it takes to delete it,
@@ -134,7 +135,7 @@ func (q *Queue) PoisonQueue() *Queue {
 // leaseError makes a stale pop receipt a Conflict: Azurite answers
 // 400 PopReceiptMismatch, Azure that or 404 MessageNotFound.
 func leaseError(err error, format string, args ...any) error {
-	if hasCode(err, "PopReceiptMismatch") || hasCode(err, "MessageNotFound") {
+	if queueerror.HasCode(err, queueerror.PopReceiptMismatch, queueerror.MessageNotFound) {
 		return wrapAs(fault.Conflict, err, format, args...)
 	}
 	return wrap(err, format, args...)

@@ -1,27 +1,30 @@
 // Package config reads the service's settings from the environment (Azure
 // Functions app settings arrive as environment variables), applies defaults
 // and validates them before any work starts.
+//
+// Each default lives with the package that uses the setting (export,
+// fhirsource, azstore, httpapi) and is read from there, so a package used
+// without config behaves as the service does. A default that depends on
+// another setting follows that setting's value; only two values a user set
+// can contradict each other.
 package config
 
 import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/azfhir/bulkexport/handler/devstorage"
+	"github.com/azfhir/bulkexport/handler/internal/azstore"
+	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fhir"
+	"github.com/azfhir/bulkexport/handler/internal/fhirsource"
+	"github.com/azfhir/bulkexport/handler/internal/httpapi"
+	"github.com/azfhir/bulkexport/handler/internal/queueworker"
 )
-
-// DevelopmentStorage is the full Azurite connection string on its default
-// ports. The Go SDKs reject the short form UseDevelopmentStorage=true, which
-// the Functions host accepts, so Load expands it to this.
-const DevelopmentStorage = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;" +
-	"AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;" +
-	"BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;" +
-	"TableEndpoint=http://127.0.0.1:10002/devstoreaccount1;"
 
 // Storage says how to reach the storage account: a connection string, or
 // service URLs with a managed identity (AzureWebJobsStorage__* settings).
@@ -66,61 +69,77 @@ type Config struct {
 	VisibilityTimeout time.Duration // EXPORT_RETRY_DELAY: wait before a failed message is delivered again
 	RunningVisibility time.Duration // EXPORT_VISIBILITY: a running message stays hidden this long, renewed at half-time
 
+	// EXPORT_SHUTDOWN_GRACE: on SIGTERM, how long requests and work items in
+	// flight may run on (work items hand on at their next page boundary).
+	ShutdownGrace time.Duration
+
 	FunctionsPort string // FUNCTIONS_CUSTOMHANDLER_PORT: set by the Functions host
 	LogLevel      string // LOG_LEVEL: debug, info, warn, error
 }
 
-// QueueName is the default work item queue, and the queueName of
-// functions/ExportWorker/function.json (a test keeps them equal).
-const QueueName = "export-workitems"
-
-var (
-	containerName = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9]|-[a-z0-9]){2,62}$`)
-	tableName     = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9]{2,62}$`)
-	queueName     = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9]|-[a-z0-9]){2,55}$`)
-)
-
-// ValidContainerName reports whether s is a valid Azure blob container name.
-func ValidContainerName(s string) bool { return len(s) <= 63 && containerName.MatchString(s) }
-
 // Load reads the configuration through getenv (os.Getenv in main) and
 // validates it. The error names every setting that is wrong and why.
 func Load(getenv func(string) string) (Config, error) {
-	r := reader{getenv: getenv}
+	r := reader{getenv: getenv, explicit: map[string]bool{}}
+	def := export.DefaultSettings()
 	c := Config{
 		Storage:           r.storage(),
 		FHIRServerURL:     strings.TrimRight(r.str("FHIR_SERVER_URL", ""), "/"),
 		FHIRAuth:          strings.ToLower(r.str("FHIR_AUTH", "none")),
 		FHIRScope:         r.str("FHIR_AUTH_SCOPE", ""),
 		FHIRClientID:      r.str("FHIR_AUTH_CLIENT_ID", ""),
-		FHIRAttempts:      r.integer("FHIR_RETRY_ATTEMPTS", 8, 1, 20),
-		FHIRBackoff:       r.duration("FHIR_RETRY_BACKOFF", time.Second, 10*time.Millisecond, time.Minute),
+		FHIRAttempts:      r.integer("FHIR_RETRY_ATTEMPTS", fhirsource.DefaultMaxAttempts, 1, 20),
+		FHIRBackoff:       r.duration("FHIR_RETRY_BACKOFF", fhirsource.DefaultBaseBackoff, 10*time.Millisecond, time.Minute),
 		Container:         r.str("EXPORT_CONTAINER", "bulk-export"),
-		Table:             r.str("EXPORT_TABLE", "exportjobs"),
-		Queue:             r.str("EXPORT_QUEUE", QueueName),
+		Table:             r.str("EXPORT_TABLE", azstore.DefaultTable),
+		Queue:             r.str("EXPORT_QUEUE", azstore.DefaultQueue),
 		BaseURL:           strings.TrimRight(r.str("EXPORT_BASE_URL", ""), "/"),
-		MaxFileBytes:      int64(r.integer("EXPORT_MAX_FILE_BYTES", 64<<20, 1024, 4<<30)),
-		BlockBytes:        r.integer("EXPORT_BLOCK_BYTES", 4<<20, 1024, 100<<20),
-		PageSize:          r.integer("EXPORT_PAGE_SIZE", 1000, 1, 10000),
-		MemberBatch:       r.integer("EXPORT_MEMBER_BATCH", 100, 1, 1000),
+		MaxFileBytes:      int64(r.integer("EXPORT_MAX_FILE_BYTES", int(def.MaxFileBytes), 1024, 4<<30)),
+		BlockBytes:        r.integer("EXPORT_BLOCK_BYTES", def.BlockBytes, 1024, 100<<20),
+		PageSize:          r.integer("EXPORT_PAGE_SIZE", def.PageSize, 1, 10000),
+		MemberBatch:       r.integer("EXPORT_MEMBER_BATCH", def.MemberBatch, 1, 1000),
 		SystemTypes:       r.list("EXPORT_TYPES"),
-		InvocationBudget:  r.duration("EXPORT_INVOCATION_BUDGET", 8*time.Minute, time.Second, 24*time.Hour),
-		Retention:         r.duration("EXPORT_RETENTION", 24*time.Hour, time.Minute, 365*24*time.Hour),
-		RetryAfter:        r.duration("EXPORT_RETRY_AFTER", 2*time.Second, time.Second, 5*time.Second),
-		Lease:             r.duration("EXPORT_LEASE", time.Minute, 2*time.Second, time.Hour),
-		StallAfter:        r.duration("EXPORT_STALL_AFTER", 15*time.Minute, 5*time.Second, 24*time.Hour),
+		InvocationBudget:  r.duration("EXPORT_INVOCATION_BUDGET", def.InvocationBudget, time.Second, 24*time.Hour),
+		Retention:         r.duration("EXPORT_RETENTION", def.Retention, time.Minute, 365*24*time.Hour),
+		RetryAfter:        r.duration("EXPORT_RETRY_AFTER", httpapi.DefaultRetryAfter, time.Second, 5*time.Second),
+		Lease:             r.duration("EXPORT_LEASE", def.Lease, 2*time.Second, time.Hour),
+		StallAfter:        r.duration("EXPORT_STALL_AFTER", def.StallAfter, 5*time.Second, 24*time.Hour),
 		Workers:           r.integer("EXPORT_WORKERS", 4, 1, 64),
 		MaxDequeueCount:   r.integer("EXPORT_MAX_DEQUEUE_COUNT", 5, 1, 100),
 		VisibilityTimeout: r.duration("EXPORT_RETRY_DELAY", 30*time.Second, 0, time.Hour),
 		RunningVisibility: r.duration("EXPORT_VISIBILITY", 2*time.Minute, 2*time.Second, time.Hour),
+		ShutdownGrace:     r.duration("EXPORT_SHUTDOWN_GRACE", queueworker.DefaultGrace, time.Second, 10*time.Minute),
 		FunctionsPort:     r.str("FUNCTIONS_CUSTOMHANDLER_PORT", ""),
 		LogLevel:          strings.ToLower(r.str("LOG_LEVEL", "info")),
 	}
+	c.follow(&r)
 	c.validate(&r)
 	if len(r.errs) > 0 {
 		return Config{}, fmt.Errorf("invalid configuration:\n  %w", errors.Join(r.errs...))
 	}
 	return c, nil
+}
+
+// follow makes an unset setting whose default depends on another setting
+// agree with that setting's value, so that changing one documented setting
+// never stops the service (EXPORT_MAX_FILE_BYTES=1048576 alone gives 1 MiB
+// blocks). When both are set, validate reports a contradiction.
+func (c *Config) follow(r *reader) {
+	// A block is never larger than a file.
+	switch {
+	case !r.explicit["EXPORT_BLOCK_BYTES"]:
+		c.BlockBytes = int(min(int64(c.BlockBytes), c.MaxFileBytes))
+	case !r.explicit["EXPORT_MAX_FILE_BYTES"]:
+		c.MaxFileBytes = max(c.MaxFileBytes, int64(c.BlockBytes))
+	}
+	// The watchdog waits well past a lease, so it never restarts an item
+	// whose owner is alive.
+	switch {
+	case !r.explicit["EXPORT_STALL_AFTER"]:
+		c.StallAfter = max(c.StallAfter, 2*c.Lease)
+	case !r.explicit["EXPORT_LEASE"]:
+		c.Lease = min(c.Lease, c.StallAfter/2)
+	}
 }
 
 func (c *Config) validate(r *reader) {
@@ -137,13 +156,13 @@ func (c *Config) validate(r *reader) {
 			r.fail("EXPORT_BASE_URL", "must be an absolute http(s) URL without a query, got %q", c.BaseURL)
 		}
 	}
-	if !ValidContainerName(c.Container) {
+	if !export.ValidContainerName(c.Container) {
 		r.fail("EXPORT_CONTAINER", "%q is not a valid container name (3-63 lowercase letters, digits and single hyphens)", c.Container)
 	}
-	if !tableName.MatchString(c.Table) {
+	if !azstore.ValidTableName(c.Table) {
 		r.fail("EXPORT_TABLE", "%q is not a valid table name (3-63 letters and digits, starting with a letter)", c.Table)
 	}
-	if !queueName.MatchString(c.Queue) {
+	if !azstore.ValidQueueName(c.Queue) {
 		r.fail("EXPORT_QUEUE", "%q is not a valid queue name (3-56 lowercase letters, digits and single hyphens, so that -poison still fits)", c.Queue)
 	}
 	for _, t := range c.SystemTypes {
@@ -182,8 +201,8 @@ func (c Config) Fields() map[string]any {
 		"container": c.Container, "table": c.Table, "queue": c.Queue, "baseUrl": c.BaseURL,
 		"maxFileBytes": c.MaxFileBytes, "blockBytes": c.BlockBytes, "pageSize": c.PageSize,
 		"memberBatch": c.MemberBatch, "systemTypes": c.SystemTypes,
-		"invocationBudget": c.InvocationBudget.String(), "workers": c.Workers,
-		"maxDequeueCount": c.MaxDequeueCount, "functionsMode": c.FunctionsPort != "",
+		"invocationBudget": c.InvocationBudget.String(), "lease": c.Lease.String(), "stallAfter": c.StallAfter.String(),
+		"workers": c.Workers, "maxDequeueCount": c.MaxDequeueCount, "functionsMode": c.FunctionsPort != "",
 	}
 }
 
@@ -196,10 +215,12 @@ func connectionValue(cs, key string) string {
 	return ""
 }
 
-// reader collects every problem instead of stopping at the first.
+// reader collects every problem instead of stopping at the first, and which
+// settings were given a valid value (the others have their defaults).
 type reader struct {
-	getenv func(string) string
-	errs   []error
+	getenv   func(string) string
+	errs     []error
+	explicit map[string]bool
 }
 
 func (r *reader) fail(name, format string, args ...any) {
@@ -223,6 +244,7 @@ func (r *reader) integer(name string, def, lo, hi int) int {
 		r.fail(name, "must be a whole number from %d to %d, got %q", lo, hi, s)
 		return def
 	}
+	r.explicit[name] = true
 	return n
 }
 
@@ -241,6 +263,7 @@ func (r *reader) duration(name string, def, lo, hi time.Duration) time.Duration 
 		r.fail(name, "must be a duration from %s to %s (like 30s or 8m), got %q", lo, hi, s)
 		return def
 	}
+	r.explicit[name] = true
 	return d
 }
 
@@ -257,10 +280,7 @@ func (r *reader) list(name string) []string {
 // storage reads AzureWebJobsStorage: a connection string, or the
 // identity-based AzureWebJobsStorage__*ServiceUri settings.
 func (r *reader) storage() Storage {
-	cs := r.str("AzureWebJobsStorage", "")
-	if strings.EqualFold(strings.ReplaceAll(cs, " ", ""), "UseDevelopmentStorage=true") {
-		cs = DevelopmentStorage
-	}
+	cs := devstorage.Expand(r.str("AzureWebJobsStorage", ""))
 	s := Storage{
 		ConnectionString: cs,
 		BlobURL:          r.str("AzureWebJobsStorage__blobServiceUri", ""),

@@ -5,6 +5,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/azfhir/bulkexport/handler/devstorage"
+	"github.com/azfhir/bulkexport/handler/internal/azstore"
+	"github.com/azfhir/bulkexport/handler/internal/export"
+	"github.com/azfhir/bulkexport/handler/internal/fhirsource"
 )
 
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -17,14 +22,17 @@ func TestLoadDefaultsAndDevelopmentStorage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Storage.ConnectionString != DevelopmentStorage {
+	if c.Storage.ConnectionString != devstorage.ConnectionString {
 		t.Errorf("UseDevelopmentStorage=true was not expanded: %q", c.Storage.ConnectionString)
 	}
 	if c.FHIRServerURL != "http://127.0.0.1:8080/fhir" {
 		t.Errorf("trailing slash kept: %q", c.FHIRServerURL)
 	}
-	if c.MaxFileBytes != 64<<20 || c.Queue != QueueName || c.Container != "bulk-export" || c.InvocationBudget != 8*time.Minute {
-		t.Errorf("unexpected defaults: %+v", c)
+	def := export.DefaultSettings()
+	if c.MaxFileBytes != def.MaxFileBytes || c.BlockBytes != def.BlockBytes || c.Lease != def.Lease || c.StallAfter != def.StallAfter ||
+		c.InvocationBudget != def.InvocationBudget || c.Table != azstore.DefaultTable || c.Queue != azstore.DefaultQueue ||
+		c.Container != "bulk-export" || c.FHIRAttempts != fhirsource.DefaultMaxAttempts || c.FHIRBackoff != fhirsource.DefaultBaseBackoff {
+		t.Errorf("defaults differ from those of the packages that use them: %+v", c)
 	}
 	for k, v := range c.Fields() {
 		if strings.Contains(fmt.Sprint(v), "Eby8vdM02x") {
@@ -75,13 +83,57 @@ func TestLoadRequiresStorageAndSource(t *testing.T) {
 	}
 }
 
-func TestValidContainerName(t *testing.T) {
-	for name, want := range map[string]bool{
-		"bulk-export": true, "abc": true, "ab": false, "a--b": false, "-abc": false, "abc-": false,
-		"ABC": false, strings.Repeat("a", 63): true, strings.Repeat("a", 64): false, "a_b": false,
+// TestDefaultsFollowTheSettingsTheyDependOn: changing one documented setting
+// never stops the service; only two values the user set can contradict.
+func TestDefaultsFollowTheSettingsTheyDependOn(t *testing.T) {
+	const mib = 1 << 20
+	def := export.DefaultSettings()
+	for _, tc := range []struct {
+		name    string
+		set     map[string]string
+		check   func(c Config) bool
+		wantErr string // a setting the error must name; "" for none
+	}{
+		{name: "a smaller file makes the block follow", set: map[string]string{"EXPORT_MAX_FILE_BYTES": "1048576"},
+			check: func(c Config) bool { return c.MaxFileBytes == mib && c.BlockBytes == mib }},
+		{name: "a larger file keeps the block", set: map[string]string{"EXPORT_MAX_FILE_BYTES": "104857600"},
+			check: func(c Config) bool { return c.BlockBytes == def.BlockBytes }},
+		{name: "a larger block makes the file follow", set: map[string]string{"EXPORT_BLOCK_BYTES": "83886080"},
+			check: func(c Config) bool { return c.BlockBytes == 80*mib && c.MaxFileBytes == 80*mib }},
+		{name: "a block larger than a file, both set", set: map[string]string{"EXPORT_MAX_FILE_BYTES": "1048576", "EXPORT_BLOCK_BYTES": "2097152"},
+			wantErr: "EXPORT_BLOCK_BYTES (2097152) must not exceed EXPORT_MAX_FILE_BYTES (1048576)"},
+		{name: "a long lease makes the watchdog wait longer", set: map[string]string{"EXPORT_LEASE": "20m"},
+			check: func(c Config) bool { return c.Lease == 20*time.Minute && c.StallAfter == 40*time.Minute }},
+		{name: "a short lease keeps the watchdog's default", set: map[string]string{"EXPORT_LEASE": "5s"},
+			check: func(c Config) bool { return c.StallAfter == def.StallAfter }},
+		{name: "a quick watchdog makes the lease follow", set: map[string]string{"EXPORT_STALL_AFTER": "30s"},
+			check: func(c Config) bool { return c.StallAfter == 30*time.Second && c.Lease == 15*time.Second }},
+		{name: "a watchdog quicker than the lease, both set", set: map[string]string{"EXPORT_STALL_AFTER": "30s", "EXPORT_LEASE": "1m"},
+			wantErr: "EXPORT_STALL_AFTER (30s) must be longer than EXPORT_LEASE (1m0s)"},
+		{name: "an invalid file size is reported alone", set: map[string]string{"EXPORT_MAX_FILE_BYTES": "lots", "EXPORT_BLOCK_BYTES": "2097152"},
+			wantErr: "EXPORT_MAX_FILE_BYTES must be"},
 	} {
-		if got := ValidContainerName(name); got != want {
-			t.Errorf("ValidContainerName(%q) = %v, want %v", name, got, want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			m := map[string]string{"AzureWebJobsStorage": "UseDevelopmentStorage=true", "FHIR_SERVER_URL": "http://127.0.0.1:8080/fhir"}
+			for k, v := range tc.set {
+				m[k] = v
+			}
+			c, err := Load(env(m))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one with %q", err, tc.wantErr)
+				}
+				if strings.Count(err.Error(), "\n") != 1 {
+					t.Errorf("want exactly one problem reported, got:\n%v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("the service would not start: %v", err)
+			}
+			if !tc.check(c) {
+				t.Errorf("file %d, block %d, lease %s, stall after %s", c.MaxFileBytes, c.BlockBytes, c.Lease, c.StallAfter)
+			}
+		})
 	}
 }

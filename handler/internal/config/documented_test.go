@@ -39,8 +39,11 @@ func TestEverySettingIsDocumented(t *testing.T) {
 	}
 	// Settings that a local Functions run does not set: the host sets the
 	// port; the identity-based storage and token settings are for Azure; the
-	// standalone-mode and optional ones have defaults.
+	// standalone-mode and optional ones have defaults; the block size and the
+	// watchdog's delay are left out so that their defaults follow the file
+	// size and the lease a user edits (setting both sides can contradict).
 	notInSample := map[string]bool{
+		"EXPORT_BLOCK_BYTES": true, "EXPORT_STALL_AFTER": true,
 		"FUNCTIONS_CUSTOMHANDLER_PORT": true, "AzureWebJobsStorage__blobServiceUri": true,
 		"AzureWebJobsStorage__queueServiceUri": true, "AzureWebJobsStorage__tableServiceUri": true,
 		"AzureWebJobsStorage__clientId": true, "AzureWebJobsStorage__accountName": true,

@@ -23,10 +23,14 @@ import (
 
 var _ export.Source = (*Client)(nil)
 
-// Defaults and limits of the retry policy.
+// Defaults and limits of the retry policy. The defaults are those of
+// FHIR_RETRY_ATTEMPTS and FHIR_RETRY_BACKOFF (config reads them from here):
+// eight tries, with ceilings from 1s doubling to maxBackoff, wait up to about
+// 90 seconds in all, so bursts of 429s and 503s are ridden out inside one
+// delivery.
 const (
-	defaultMaxAttempts = 5
-	defaultBaseBackoff = 500 * time.Millisecond
+	DefaultMaxAttempts = 8
+	DefaultBaseBackoff = time.Second
 	// maxBackoff caps the exponential backoff between attempts.
 	maxBackoff = 30 * time.Second
 	// maxRetryAfter is the longest Retry-After we wait for inside a call. A
@@ -54,11 +58,12 @@ type Options struct {
 	// Token, when set, adds "Authorization: Bearer <token>" to every request.
 	Token TokenSource
 	// MaxAttempts is how many times a request is tried while it fails
-	// transiently (default 5).
+	// transiently (default DefaultMaxAttempts).
 	MaxAttempts int
-	// BaseBackoff is the first retry's backoff ceiling (default 500ms). The
-	// ceiling doubles per attempt up to 30s and the wait is drawn uniformly
-	// below it (full jitter). A Retry-After on the answer replaces it.
+	// BaseBackoff is the first retry's backoff ceiling (default
+	// DefaultBaseBackoff). The ceiling doubles per attempt up to 30s and the
+	// wait is drawn uniformly below it (full jitter). A Retry-After on the
+	// answer replaces it.
 	BaseBackoff time.Duration
 	// UserAgent is sent on every request (default "azfhir-bulkexport").
 	UserAgent string
@@ -103,10 +108,10 @@ func New(o Options) (*Client, error) {
 		sleep:       sleepCtx,
 	}
 	if c.maxAttempts <= 0 {
-		c.maxAttempts = defaultMaxAttempts
+		c.maxAttempts = DefaultMaxAttempts
 	}
 	if c.baseBackoff <= 0 {
-		c.baseBackoff = defaultBaseBackoff
+		c.baseBackoff = DefaultBaseBackoff
 	}
 	if c.userAgent == "" {
 		c.userAgent = defaultUserAgent

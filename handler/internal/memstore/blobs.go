@@ -15,9 +15,6 @@ import (
 // ContentType is what every commit sets on a blob.
 const ContentType = "application/fhir+ndjson"
 
-// maxBlocks is the block blob limit of committed blocks.
-const maxBlocks = 50000
-
 // Blobs is an in-memory export.Blobs with block blob semantics: staged blocks
 // are invisible until a commit, a commit of n blocks takes for each id
 // 0..n-1 the block staged last or else the committed one, and discards every
@@ -58,7 +55,7 @@ func (b *Blobs) EnsureContainer(ctx context.Context, container string) error {
 
 // StageBlock stores data as uncommitted block number block of the blob.
 func (b *Blobs) StageBlock(ctx context.Context, container, name string, block int, data []byte) error {
-	if block < 0 || block >= maxBlocks {
+	if block < 0 || block >= export.MaxBlocksPerBlob {
 		return fault.New(fault.Internal, "stage block %d of %s/%s: out of range", block, container, name)
 	}
 	b.mu.Lock()
@@ -77,7 +74,7 @@ func (b *Blobs) StageBlock(ctx context.Context, container, name string, block in
 // CommitBlocks makes the blob exactly blocks 0..blocks-1 and sets its
 // Content-Type. A block neither staged nor committed is a fault.Internal.
 func (b *Blobs) CommitBlocks(ctx context.Context, container, name string, blocks int, cond export.Condition) (string, error) {
-	if blocks < 0 || blocks > maxBlocks {
+	if blocks < 0 || blocks > export.MaxBlocksPerBlob {
 		return "", fault.New(fault.Internal, "commit %d blocks of %s/%s: out of range", blocks, container, name)
 	}
 	b.mu.Lock()

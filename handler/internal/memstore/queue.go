@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/azfhir/bulkexport/handler/internal/queueworker"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
+	"github.com/azfhir/bulkexport/handler/internal/queueworker"
 )
 
 // Delivery is a received message: its text and what it takes to delete it,
