@@ -92,9 +92,15 @@ func run(log zerolog.Logger, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx = log.WithContext(ctx)
+	// SIGTERM (a scale-in, a deployment, Ctrl-C) starts a graceful stop:
+	// stopping ends when it comes; the contexts of requests and work items
+	// (base) end only when EXPORT_SHUTDOWN_GRACE is over, so that what is in
+	// flight can finish or hand on first.
+	stopping, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+	stopping = log.WithContext(stopping)
+	base, cancelBase := context.WithCancel(log.WithContext(context.Background()))
+	defer cancelBase()
 
 	// Serve at once: until the storage and the engine are ready, every request
 	// (the host's readiness probe included) gets a quick 503 instead of a hang.
@@ -111,14 +117,18 @@ func run(log zerolog.Logger, args []string) error {
 			_, _ = w.Write(fhir.NewOutcome("error", "transient", "the service is starting; try again in a moment").JSON())
 		}),
 		ReadHeaderTimeout: 30 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		BaseContext:       func(net.Listener) context.Context { return base },
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 
-	app, err := wire(ctx, cfg, log, mode)
+	app, err := wire(stopping, cfg, log, mode)
 	if err != nil {
 		_ = srv.Close()
+		if stopping.Err() != nil {
+			log.Info().Err(err).Msg("stopped while starting")
+			return nil
+		}
 		return err
 	}
 	ready.Store(&app.handler)
@@ -128,9 +138,9 @@ func run(log zerolog.Logger, args []string) error {
 	if app.receiver != nil {
 		go func() {
 			defer close(workersDone)
-			queueworker.Run(ctx, app.receiver, app.engine, queueworker.Options{
+			queueworker.Run(stopping, app.receiver, app.engine, queueworker.Options{
 				Workers: cfg.Workers, MaxDequeueCount: cfg.MaxDequeueCount, RetryDelay: cfg.VisibilityTimeout,
-				Visibility: cfg.RunningVisibility,
+				Visibility: cfg.RunningVisibility, Grace: cfg.ShutdownGrace,
 			})
 		}()
 	} else {
@@ -140,13 +150,25 @@ func run(log zerolog.Logger, args []string) error {
 	select {
 	case err := <-errc:
 		return fmt.Errorf("http server: %w", err)
-	case <-ctx.Done():
+	case <-stopping.Done():
 	}
-	log.Info().Msg("shutting down")
-	shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	stopSignals() // a second signal ends the process at once
+	log.Info().Dur("grace", cfg.ShutdownGrace).Msg("shutting down: taking no new work; work in flight hands on at its next page boundary")
+	// Both sides drain at once, each within the grace: the server stops
+	// accepting and waits for the requests in flight (worker invocations in
+	// Functions mode hand on through stopping); the queue workers stop
+	// receiving and wait for their messages.
+	grace, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
 	defer cancel()
-	_ = srv.Shutdown(shutdown)
+	if err := srv.Shutdown(grace); err != nil {
+		// Requests still running: end them. A work item cut short resumes
+		// from its last checkpoint on its next delivery.
+		log.Warn().Err(err).Msg("the shutdown grace is over; cancelling the requests still running")
+		cancelBase()
+		_ = srv.Close()
+	}
 	<-workersDone
+	log.Info().Msg("stopped")
 	return nil
 }
 
@@ -157,6 +179,8 @@ type app struct {
 }
 
 // wire builds the adapters and the engine from the configuration.
+// ctx ends when the process is told to stop: it bounds the start-up, and its
+// end asks running work items to hand on (funchost's stop signal).
 func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode string) (*app, error) {
 	var storageCred azcore.TokenCredential
 	if cfg.Storage.ConnectionString == "" {
@@ -206,17 +230,21 @@ func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode strin
 	set.Lease, set.StallAfter = cfg.Lease, cfg.StallAfter
 	engine := export.New(account.Store(), account.Queue(), account.Blobs(), source, set, nil)
 
-	api := httpapi.New(engine, httpapi.Options{
+	apiOpts := httpapi.Options{
 		BaseURL: cfg.BaseURL, DefaultContainer: cfg.Container, Retention: cfg.Retention,
 		RetryAfter: cfg.RetryAfter, Logger: log, SoftwareVersion: version,
-	})
+	}
+	if err := apiOpts.Validate(); err != nil {
+		return nil, err
+	}
+	api := httpapi.New(engine, apiOpts)
 	a := &app{handler: api, engine: engine}
 	if mode == "functions" {
 		maxDequeue, err := funchost.MaxDequeueCount(hostJSONPath())
 		if err != nil {
 			return nil, err
 		}
-		a.handler = funchost.New(api, engine, maxDequeue)
+		a.handler = funchost.New(api, engine, maxDequeue, ctx.Done())
 	} else {
 		a.receiver = account.Queue()
 	}

@@ -258,7 +258,7 @@ func TestCancelDuringABusyExportStopsWorkAndRemovesFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if strings.TrimSpace(strings.Fields(resp.Header.Get("X-Progress") + " 0")[0]) != "0" || time.Now().After(deadline) {
+		if pct, _ := bulkclient.Percent(resp.Header.Get("X-Progress")); pct > 0 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -328,7 +328,7 @@ func startOwnAzurite(t *testing.T) (*ownAzurite, string) {
 
 func (a *ownAzurite) run(verb string) string {
 	a.t.Helper()
-	cmd := exec.Command("bash", "../azurite/azurite.sh", verb)
+	cmd := exec.Command("bash", "../../scripts/azurite/azurite.sh", verb)
 	cmd.Env = a.env
 	var errs bytes.Buffer
 	cmd.Stderr = &errs

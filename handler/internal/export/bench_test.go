@@ -112,8 +112,8 @@ func benchExport(tb testing.TB, src *benchSource, set Settings) (*Engine, *Statu
 		if err := json.Unmarshal([]byte(ds[0].Text), &msg); err != nil {
 			tb.Fatal(err)
 		}
-		if err := engine.Process(ctx, msg, Attempt{Number: int(ds[0].DequeueCount), Final: true}); err != nil {
-			tb.Fatal(err)
+		if out := engine.Process(ctx, msg, Attempt{Number: int(ds[0].DequeueCount), Final: true}); out != Done() {
+			tb.Fatalf("work item %s: %v: %v", msg.Item, out, out.Cause)
 		}
 		if err := queue.Delete(ctx, ds[0]); err != nil {
 			tb.Fatal(err)

@@ -79,6 +79,13 @@ type Status struct {
 	Errors      []OutputFile // Completed only: OperationOutcome files
 	Failure     error        // Failed only: the cause, with its fault kind and code
 	CompletedAt time.Time    // Completed only
+
+	// Progress (see estimateProgress). Percent stays below 100 until the
+	// job is Completed: only the manifest means done.
+	Planned    bool // the plan is done: the work items, and Total when known, are final
+	ItemsDone  int  // work items (one per resource type) finished
+	ItemsTotal int  // work items created by the plan
+	Percent    int  // estimated share of the export done, 0 to 99 while in progress
 }
 
 // Expires is when a completed job's files stop being promised.

@@ -6,13 +6,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	. "github.com/azfhir/bulkexport/handler/internal/export"
 	"io"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	. "github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 	"github.com/azfhir/bulkexport/handler/internal/memstore"
 )
@@ -42,8 +43,9 @@ func setup(t *testing.T, set Settings, wrapBlobs func(Blobs) Blobs) *bundle {
 }
 
 // drain delivers queue messages to the engine until the queue is empty,
-// redelivering failed ones at once, as a queue trigger would.
-func (b *bundle) drain(t *testing.T, maxAttempts int) {
+// acting on each outcome as the queue adapters do (delete, redeliver at
+// once, poison), and returns how many deliveries it made.
+func (b *bundle) drain(t *testing.T, maxAttempts int) (deliveries int) {
 	t.Helper()
 	ctx := context.Background()
 	for range 100000 {
@@ -52,29 +54,36 @@ func (b *bundle) drain(t *testing.T, maxAttempts int) {
 			t.Fatal(err)
 		}
 		if len(ds) == 0 {
-			return
+			return deliveries
 		}
+		deliveries++
 		d := ds[0]
 		var msg Message
 		if err := json.Unmarshal([]byte(d.Text), &msg); err != nil {
 			t.Fatal(err)
 		}
 		final := d.DequeueCount >= int64(maxAttempts)
-		err = b.engine.Process(ctx, msg, Attempt{Number: int(d.DequeueCount), Final: final})
-		if err == nil || final {
-			if err := b.queue.Delete(ctx, d); err != nil {
-				t.Fatal(err)
+		out := b.engine.Process(ctx, msg, Attempt{Number: int(d.DequeueCount), Final: final})
+		switch out.Action {
+		case Settle:
+			err = b.queue.Delete(ctx, d)
+		case Retry:
+			if final {
+				t.Fatalf("%s: Process asked for a retry after the last delivery (%v)", msg.Item, out.Cause)
 			}
-			continue
+			err = b.queue.Extend(ctx, &d, 0)
+		case Poison:
+			if !final {
+				t.Fatalf("%s: Process poisoned the message before its last delivery (%v)", msg.Item, out.Cause)
+			}
+			err = b.queue.Poison(ctx, d)
 		}
-		if !fault.Is(err, fault.Transient) {
-			t.Fatalf("Process returned a non-transient error %v before the last delivery", err)
-		}
-		if err := b.queue.Extend(ctx, &d, 0); err != nil {
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
 	t.Fatal("queue never drained")
+	return deliveries
 }
 
 // export kicks off req, drains the queue and returns the status.
@@ -290,16 +299,19 @@ func TestTypeFilterQueriesAreORedWithoutDuplicates(t *testing.T) {
 }
 
 // failingBlobs fails one chosen call with a transient error, like a storage
-// hiccup or a process dying between two writes.
+// hiccup or a process dying between two writes. failAt 0 never fails, and
+// only counts the writes.
 type failingBlobs struct {
 	Blobs
 	calls, failAt int
 	afterCommit   bool // fail after the commit took effect, as a crash right after it would
+	fired         bool // the failure was injected
 }
 
 func (f *failingBlobs) tick() error {
 	f.calls++
 	if f.calls == f.failAt {
+		f.fired = true
 		return fault.New(fault.Transient, "injected storage failure at call %d", f.calls)
 	}
 	return nil
@@ -331,16 +343,41 @@ func (f *failingBlobs) CommitBlocks(ctx context.Context, c, b string, n int, con
 }
 
 func TestAFailureAtAnyWriteNeitherLosesNorRepeats(t *testing.T) {
-	for failAt := 1; failAt <= 60; failAt += 2 {
-		after := failAt%4 == 3
-		t.Run(fmt.Sprintf("fail at write %d after=%v", failAt, after), func(t *testing.T) {
-			set := DefaultSettings()
-			set.MaxFileBytes, set.BlockBytes, set.PageSize = 1500, 500, 3
+	set := DefaultSettings()
+	set.MaxFileBytes, set.BlockBytes, set.PageSize = 1500, 500, 3
+	run := func(t *testing.T, fb *failingBlobs) (*bundle, *Status, map[string][]string, int) {
+		b := setup(t, set, func(inner Blobs) Blobs { fb.Blobs = inner; return fb })
+		want := population(b.source, 3, 8)
+		delete(want, "Group")
+		job, err := b.engine.KickOff(context.Background(), Request{Level: LevelSystem, Types: []string{"Observation", "Patient"}, Container: "bulk-export"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		deliveries := b.drain(t, 5)
+		st, err := b.engine.Status(context.Background(), job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b, st, want, deliveries
+	}
+	// A clean run counts the writes, so that every case below fails one
+	// that the export really makes.
+	clean := &failingBlobs{}
+	_, st, _, cleanDeliveries := run(t, clean)
+	if st.Phase != Completed || clean.calls < 20 {
+		t.Fatalf("clean run: phase %v, %d writes; want completed with many writes to fail", st.Phase, clean.calls)
+	}
+	for i := range 2 * clean.calls {
+		failAt, after := i/2+1, i%2 == 1 // after matters for commits only
+		t.Run(fmt.Sprintf("fail at write %d of %d after=%v", failAt, clean.calls, after), func(t *testing.T) {
 			fb := &failingBlobs{failAt: failAt, afterCommit: after}
-			b := setup(t, set, func(inner Blobs) Blobs { fb.Blobs = inner; return fb })
-			want := population(b.source, 3, 8)
-			delete(want, "Group")
-			st := b.export(t, Request{Level: LevelSystem, Types: []string{"Observation", "Patient"}}, 5)
+			b, st, want, deliveries := run(t, fb)
+			if !fb.fired {
+				t.Fatalf("the export made %d writes and the failure at write %d never fired", fb.calls, failAt)
+			}
+			if deliveries <= cleanDeliveries {
+				t.Errorf("%d deliveries, as many as a clean run: the injected failure was not seen", deliveries)
+			}
 			if st.Phase != Completed {
 				t.Fatalf("phase %v, failure %v", st.Phase, st.Failure)
 			}
@@ -362,8 +399,14 @@ func TestSourceFailuresAreRetriedThenFailTheJobWithTheCause(t *testing.T) {
 		b.source.failures = append(b.source.failures, fault.New(fault.Transient, "source said 503"))
 	}
 	st = b.export(t, Request{Level: LevelSystem, Types: []string{"Patient"}}, 3)
-	if st.Phase != Failed || !strings.Contains(st.Failure.Error(), "source said 503") {
-		t.Fatalf("phase %v failure %v; want failed naming the cause", st.Phase, st.Failure)
+	if st.Phase != Failed || !strings.Contains(st.Failure.Error(), "source said 503") || !strings.Contains(st.Failure.Error(), "gave up after 3 attempts") {
+		t.Fatalf("phase %v failure %v; want failed naming the cause and the attempts", st.Phase, st.Failure)
+	}
+	if !fault.Is(st.Failure, fault.Transient) {
+		t.Errorf("recorded failure has kind %v, want the cause's transient", fault.KindOf(st.Failure))
+	}
+	if p := b.queue.PoisonQueue().Pending(); len(p) != 1 || p[0].Item != "Patient" {
+		t.Errorf("poison queue %+v, want the Patient message that ran out of deliveries", p)
 	}
 
 	b.source.failures = []error{fault.New(fault.Permanent, "source rejected _typeFilter: unknown parameter foo")}
@@ -371,6 +414,202 @@ func TestSourceFailuresAreRetriedThenFailTheJobWithTheCause(t *testing.T) {
 	if st.Phase != Failed || !strings.Contains(st.Failure.Error(), "unknown parameter foo") {
 		t.Fatalf("phase %v failure %v; want failed with the source's diagnostics", st.Phase, st.Failure)
 	}
+	if !fault.Is(st.Failure, fault.Permanent) {
+		t.Errorf("recorded failure has kind %v, want permanent", fault.KindOf(st.Failure))
+	}
+	if p := b.queue.PoisonQueue().Pending(); len(p) != 1 {
+		t.Errorf("a permanent failure went to the poison queue too: %+v", p)
+	}
+}
+
+// denyAfterKickOff answers writes of export files as a storage account
+// answers an identity that lost its data role mid-job.
+type denyAfterKickOff struct{ Blobs }
+
+func (d denyAfterKickOff) StageBlock(ctx context.Context, c, b string, n int, data []byte) error {
+	if strings.HasPrefix(b, ".preflight/") {
+		return d.Blobs.StageBlock(ctx, c, b, n, data)
+	}
+	return fault.New(fault.Forbidden, "403 AuthorizationPermissionMismatch")
+}
+
+func TestAStorageRefusalMidJobFailsAtOnceWithItsKind(t *testing.T) {
+	b := setup(t, Settings{}, func(inner Blobs) Blobs { return denyAfterKickOff{inner} })
+	population(b.source, 2, 2)
+	st := b.export(t, Request{Level: LevelSystem, Types: []string{"Patient"}}, 5)
+	if st.Phase != Failed || !fault.Is(st.Failure, fault.Forbidden) || !strings.Contains(st.Failure.Error(), "AuthorizationPermissionMismatch") {
+		t.Fatalf("phase %v failure %v (kind %v); want failed, forbidden, with the storage error", st.Phase, st.Failure, fault.KindOf(st.Failure))
+	}
+	it, err := b.store.GetItem(context.Background(), st.Job.ID, "Patient")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.Attempts != 1 {
+		t.Errorf("the item ran %d times; a refusal that retrying cannot fix must fail it at once", it.Attempts)
+	}
+}
+
+// A failure recorded before kinds were stored reads as permanent, with its code.
+func TestAFailureRecordedWithoutAKindReadsAsPermanent(t *testing.T) {
+	b := setup(t, Settings{}, nil)
+	population(b.source, 1, 1)
+	ctx := context.Background()
+	job, err := b.engine.KickOff(ctx, Request{Level: LevelSystem, Container: "bulk-export"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := b.store.GetItem(ctx, job.ID, PlanItemID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.State, plan.Failure, plan.FailureCode, plan.FailureKind = ItemFailed, "source rejected the search", "too-costly", ""
+	if err := b.store.UpdateItem(ctx, plan); err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.engine.Status(ctx, job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Phase != Failed || !fault.Is(st.Failure, fault.Permanent) || fault.Code(st.Failure) != "too-costly" ||
+		!strings.Contains(st.Failure.Error(), "source rejected the search") {
+		t.Fatalf("phase %v failure %v (kind %v, code %s); want failed, permanent, too-costly", st.Phase, st.Failure, fault.KindOf(st.Failure), fault.Code(st.Failure))
+	}
+}
+
+// flakyStore fails the next reads of one work item, as a storage outage
+// that clears just after a delivery gave up would.
+type flakyStore struct {
+	Store
+	mu    sync.Mutex
+	item  string
+	fails int
+}
+
+func (s *flakyStore) GetItem(ctx context.Context, jobID, itemID string) (*WorkItem, error) {
+	s.mu.Lock()
+	fail := itemID == s.item && s.fails > 0
+	if fail {
+		s.fails--
+	}
+	s.mu.Unlock()
+	if fail {
+		return nil, fault.New(fault.Transient, "table storage timed out reading %s", itemID)
+	}
+	return s.Store.GetItem(ctx, jobID, itemID)
+}
+
+// The last delivery of a message whose item could not even be read still
+// ends the job as failed, instead of leaving it in progress.
+func TestALastDeliveryThatCannotReadItsItemFailsTheJob(t *testing.T) {
+	b := setup(t, Settings{}, nil)
+	population(b.source, 2, 2)
+	// Every delivery's read of the item fails; the read that records the
+	// failure after the last one succeeds.
+	const deliveries = 3
+	flaky := &flakyStore{Store: b.store, item: "Patient", fails: deliveries}
+	b.engine = New(flaky, b.queue, b.blobs, b.source, DefaultSettings(), nil)
+	st := b.export(t, Request{Level: LevelSystem, Types: []string{"Patient"}}, deliveries)
+	if flaky.fails != 0 {
+		t.Fatalf("%d injected read failures were not used", flaky.fails)
+	}
+	if st.Phase != Failed || !strings.Contains(st.Failure.Error(), "table storage timed out") ||
+		!strings.Contains(st.Failure.Error(), fmt.Sprintf("gave up after %d attempts", deliveries)) {
+		t.Fatalf("phase %v failure %v; want failed with the read error after %d attempts", st.Phase, st.Failure, deliveries)
+	}
+	if p := b.queue.PoisonQueue().Pending(); len(p) != 1 || p[0].Item != "Patient" {
+		t.Errorf("poison queue %+v, want the Patient message", p)
+	}
+}
+
+// stoppingSource closes stop while it serves the nth page of typ, as a
+// SIGTERM arriving while a worker is inside that page would.
+type stoppingSource struct {
+	*fakeSource
+	typ   string
+	n     int
+	stop  chan struct{}
+	pages int // pages of typ served
+}
+
+func (s *stoppingSource) Page(ctx context.Context, u string, visit func(Entry) error) (string, error) {
+	if strings.HasPrefix(u, "fake:///"+s.typ+"?") {
+		s.pages++
+		if s.pages == s.n {
+			close(s.stop)
+		}
+	}
+	return s.fakeSource.Page(ctx, u, visit)
+}
+
+func TestAStopMidItemReleasesTheLeaseAndResumesExactlyElsewhere(t *testing.T) {
+	set := DefaultSettings()
+	set.MaxFileBytes, set.BlockBytes, set.PageSize = 2000, 700, 3
+	b := setup(t, set, nil)
+	want := map[string][]string{"Observation": population(b.source, 4, 10)["Observation"]}
+	pages := (len(want["Observation"]) + set.PageSize - 1) / set.PageSize
+	src := &stoppingSource{fakeSource: b.source, typ: "Observation", n: 5, stop: make(chan struct{})}
+	b.engine = New(b.store, b.queue, b.blobs, src, set, nil)
+	ctx := context.Background()
+	job, err := b.engine.KickOff(ctx, Request{Level: LevelSystem, Types: []string{"Observation"}, Container: "bulk-export"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := b.engine.Process(ctx, Message{Job: job.ID, Item: PlanItemID}, Attempt{Number: 1}); out != Done() {
+		t.Fatalf("plan: %v: %v", out, out.Cause)
+	}
+	ds, _ := b.queue.Receive(ctx, 32, time.Hour) // the plan's messages: this test delivers by hand
+	for _, d := range ds {
+		b.queue.Delete(ctx, d)
+	}
+
+	msg := Message{Job: job.ID, Item: "Observation"}
+	if out := b.engine.Process(ctx, msg, Attempt{Number: 1, Stop: src.stop}); out != Done() {
+		t.Fatalf("stopped delivery: %v: %v; want it settled after handing on", out, out.Cause)
+	}
+	if src.pages != src.n {
+		t.Errorf("%d pages fetched; the stop came during page %d and must end paging at that page's end", src.pages, src.n)
+	}
+	it, err := b.store.GetItem(ctx, job.ID, "Observation")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it.State != ItemPending || it.LeaseOwner != "" || !it.LeaseUntil.IsZero() {
+		t.Errorf("after the stop the item is %s, owned by %q until %v; want pending with the lease released", it.State, it.LeaseOwner, it.LeaseUntil)
+	}
+	if it.Cursor.Next == "" || it.Done != int64(src.n*set.PageSize) {
+		t.Errorf("after the stop: cursor %+v, %d resources recorded; want the next page and the %d resources of the pages fetched",
+			it.Cursor, it.Done, src.n*set.PageSize)
+	}
+	var committed int64
+	for _, f := range it.Files {
+		rc, _, err := b.blobs.Open(ctx, "bulk-export", job.ID+"/"+f.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(rc)
+		rc.Close()
+		committed += int64(bytes.Count(data, []byte("\n")))
+	}
+	if committed != it.Done {
+		t.Errorf("%d lines committed, %d recorded: the stop did not checkpoint what it wrote", committed, it.Done)
+	}
+	if p := b.queue.Pending(); len(p) != 1 || p[0] != msg {
+		t.Fatalf("queue holds %+v after the stop, want one continuation message", p)
+	}
+
+	// Another instance takes the continuation at once: the lease is free.
+	if out := b.engine.Process(ctx, msg, Attempt{Number: 1}); out != Done() {
+		t.Fatalf("continuation: %v: %v; want it to resume at once", out, out.Cause)
+	}
+	b.drain(t, 5)
+	if src.pages != pages {
+		t.Errorf("%d Observation pages fetched in all, want %d: a resumed item fetches each page once", src.pages, pages)
+	}
+	st, err := b.engine.Status(ctx, job.ID)
+	if err != nil || st.Phase != Completed {
+		t.Fatalf("phase %v (%v), failure %v", st.Phase, err, st.Failure)
+	}
+	wantExactly(t, b.lines(t, st, set.MaxFileBytes), want)
 }
 
 func TestCancelDeletesFilesAndHidesTheJob(t *testing.T) {
@@ -419,50 +658,67 @@ func TestLenientWarningsBecomeAnErrorFile(t *testing.T) {
 	}
 }
 
-// slowSource delays every page, so that two invocations overlap.
-type slowSource struct {
+// gatedSource holds the first page fetched for one type until the test lets
+// it go, so that a second delivery of the same message is made while the
+// first is certainly inside a page, holding its lease.
+type gatedSource struct {
 	*fakeSource
-	delay time.Duration
+	typ     string
+	once    sync.Once
+	entered chan struct{} // closed when the held page was asked for
+	release chan struct{} // close to let the held page proceed
 }
 
-func (s slowSource) Page(ctx context.Context, u string, visit func(Entry) error) (string, error) {
-	time.Sleep(s.delay)
+func newGatedSource(s *fakeSource, typ string) *gatedSource {
+	return &gatedSource{fakeSource: s, typ: typ, entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (s *gatedSource) Page(ctx context.Context, u string, visit func(Entry) error) (string, error) {
+	if strings.HasPrefix(u, "fake:///"+s.typ+"?") {
+		hold := false
+		s.once.Do(func() { hold = true })
+		if hold {
+			close(s.entered)
+			<-s.release
+		}
+	}
 	return s.fakeSource.Page(ctx, u, visit)
 }
 
-func TestTheSameMessageDeliveredTwiceConcurrentlyWritesOnce(t *testing.T) {
+func (s *fakeSource) pages() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requests
+}
+
+// overlapSetup plans an export of Observation and Patient whose first
+// Observation page is held, and returns the bundle, the job and the gate.
+func overlapSetup(t *testing.T, clock Clock) (*bundle, *Job, *gatedSource, map[string][]string) {
+	t.Helper()
 	set := DefaultSettings()
 	set.MaxFileBytes, set.BlockBytes, set.PageSize = 3000, 1000, 5
 	b := setup(t, set, nil)
 	want := population(b.source, 4, 10)
 	delete(want, "Group")
-	slow := slowSource{fakeSource: b.source, delay: 2 * time.Millisecond}
-	b.engine = New(b.store, b.queue, b.blobs, slow, set, nil)
+	gate := newGatedSource(b.source, "Observation")
+	b.engine = New(b.store, b.queue, b.blobs, gate, set, clock)
 	ctx := context.Background()
 	job, err := b.engine.KickOff(ctx, Request{Level: LevelSystem, Types: []string{"Observation", "Patient"}, Container: "bulk-export"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Run the plan, then deliver every item message twice at once.
-	if err := b.engine.Process(ctx, Message{Job: job.ID, Item: PlanItemID}, Attempt{Number: 1}); err != nil {
-		t.Fatal(err)
+	if out := b.engine.Process(ctx, Message{Job: job.ID, Item: PlanItemID}, Attempt{Number: 1}); out != Done() {
+		t.Fatalf("plan: %v: %v", out, out.Cause)
 	}
-	for _, item := range []string{"Observation", "Patient"} {
-		for round := 0; ; round++ {
-			it, err := b.store.GetItem(ctx, job.ID, item)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if it.State != ItemPending || round > 50 {
-				break
-			}
-			errs := make(chan error, 2)
-			for range 2 {
-				go func() { errs <- b.engine.Process(ctx, Message{Job: job.ID, Item: item}, Attempt{Number: round + 1}) }()
-			}
-			<-errs
-			<-errs
-		}
+	return b, job, gate, want
+}
+
+// finish delivers the Patient item, then checks the export is complete and exact.
+func (b *bundle) finish(t *testing.T, job *Job, want map[string][]string) {
+	t.Helper()
+	ctx := context.Background()
+	if out := b.engine.Process(ctx, Message{Job: job.ID, Item: "Patient"}, Attempt{Number: 1}); out != Done() {
+		t.Fatalf("Patient: %v: %v", out, out.Cause)
 	}
 	st, err := b.engine.Status(ctx, job.ID)
 	if err != nil {
@@ -471,7 +727,68 @@ func TestTheSameMessageDeliveredTwiceConcurrentlyWritesOnce(t *testing.T) {
 	if st.Phase != Completed {
 		t.Fatalf("phase %v, failure %v", st.Phase, st.Failure)
 	}
-	wantExactly(t, b.lines(t, st, set.MaxFileBytes), want)
+	wantExactly(t, b.lines(t, st, 3000), want)
+}
+
+func TestASecondDeliveryWhileTheFirstRunsStepsBack(t *testing.T) {
+	b, job, gate, want := overlapSetup(t, nil)
+	ctx := context.Background()
+	msg := Message{Job: job.ID, Item: "Observation"}
+	first := make(chan Outcome, 1)
+	go func() { first <- b.engine.Process(ctx, msg, Attempt{Number: 1}) }()
+	<-gate.entered // the first delivery holds the lease and is inside a page
+
+	before := b.source.pages()
+	if out := b.engine.Process(ctx, msg, Attempt{Number: 2}); out.Action != Retry {
+		t.Errorf("second delivery during the first: %v, want it delivered again later", out)
+	}
+	if out := b.engine.Process(ctx, msg, Attempt{Number: 5, Final: true}); out != Done() {
+		t.Errorf("last delivery during the first: %v, want it dropped (the owner is alive)", out)
+	}
+	if n := b.source.pages() - before; n != 0 {
+		t.Errorf("the overlapping deliveries fetched %d pages; they must not touch the item", n)
+	}
+	close(gate.release)
+	if out := <-first; out != Done() {
+		t.Fatalf("first delivery: %v: %v", out, out.Cause)
+	}
+	b.finish(t, job, want)
+}
+
+// A first delivery that stalls inside a page past its lease loses the item
+// to a second one, which finishes it; when the first wakes up, every write
+// it tries is fenced off, so the files are exactly the second's.
+func TestAStalledFirstDeliveryCannotWriteAfterASecondTookOver(t *testing.T) {
+	var mu sync.Mutex
+	now := t0
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	b, job, gate, want := overlapSetup(t, clock)
+	ctx := context.Background()
+	msg := Message{Job: job.ID, Item: "Observation"}
+	first := make(chan Outcome, 1)
+	go func() { first <- b.engine.Process(ctx, msg, Attempt{Number: 1}) }()
+	<-gate.entered
+
+	mu.Lock()
+	now = now.Add(DefaultSettings().Lease + time.Second) // the first's lease lapses while it is stalled
+	mu.Unlock()
+	if out := b.engine.Process(ctx, msg, Attempt{Number: 2}); out != Done() {
+		t.Fatalf("second delivery after the lease lapsed: %v: %v; want it to take over and finish", out, out.Cause)
+	}
+	it, err := b.store.GetItem(ctx, job.ID, "Observation")
+	if err != nil || it.State != ItemDone {
+		t.Fatalf("after the second delivery the item is %+v, %v; want done", it, err)
+	}
+	before := b.source.pages()
+	close(gate.release)
+	out := <-first
+	if b.source.pages() == before {
+		t.Fatal("the stalled delivery did not go on after it was released; the test proves nothing")
+	}
+	if out.Action == Poison || (out.Action == Settle && out.Cause != nil) {
+		t.Errorf("stalled delivery: %v: %v; a lost race must not fail the job", out, out.Cause)
+	}
+	b.finish(t, job, want)
 }
 
 func TestExpiredNextLinksResumeWithoutLossOrRepeatsAcrossTies(t *testing.T) {
@@ -515,7 +832,7 @@ func TestKickOffRefusesADestinationItCannotWrite(t *testing.T) {
 	}
 }
 
-func TestAStalledItemIsEnqueuedAgainByTheStatusWatchdog(t *testing.T) {
+func TestAStalledItemIsEnqueuedAgainByTheWatchdogAndNotByReads(t *testing.T) {
 	now := t0
 	clock := func() time.Time { return now }
 	b := setup(t, Settings{}, nil)
@@ -532,15 +849,28 @@ func TestAStalledItemIsEnqueuedAgainByTheStatusWatchdog(t *testing.T) {
 	for _, d := range ds {
 		b.queue.Delete(ctx, d)
 	}
-	if st, _ := b.engine.Status(ctx, job.ID); st.Phase != InProgress || len(b.queue.Pending()) != 0 {
-		t.Fatalf("before the stall period the watchdog must not act: phase %v, %d messages", st.Phase, len(b.queue.Pending()))
+	if n, err := b.engine.RestartStalled(ctx, job.ID); n != 0 || err != nil || len(b.queue.Pending()) != 0 {
+		t.Fatalf("before the stall period the watchdog must not act: %d restarted (%v), %d messages", n, err, len(b.queue.Pending()))
 	}
 	now = now.Add(DefaultSettings().StallAfter + time.Second)
-	if _, err := b.engine.Status(ctx, job.ID); err != nil {
-		t.Fatal(err)
+
+	// Reads never write: neither a status nor a download attempt restarts it.
+	plan, _ := b.store.GetItem(ctx, job.ID, PlanItemID)
+	if st, err := b.engine.Status(ctx, job.ID); err != nil || st.Phase != InProgress {
+		t.Fatalf("status: %v, %v", st, err)
 	}
-	if _, err := b.engine.Status(ctx, job.ID); err != nil { // a second poll must not enqueue again
-		t.Fatal(err)
+	if _, _, err := b.engine.OpenFile(ctx, job.ID, "Patient-1.ndjson"); !fault.Is(err, fault.NotFound) {
+		t.Fatalf("download of a running job: %v, want not found", err)
+	}
+	if after, _ := b.store.GetItem(ctx, job.ID, PlanItemID); after.ETag != plan.ETag || len(b.queue.Pending()) != 0 {
+		t.Fatalf("a read changed the plan item or enqueued %d messages", len(b.queue.Pending()))
+	}
+
+	if n, err := b.engine.RestartStalled(ctx, job.ID); n != 1 || err != nil {
+		t.Fatalf("watchdog restarted %d items (%v), want the plan", n, err)
+	}
+	if n, err := b.engine.RestartStalled(ctx, job.ID); n != 0 || err != nil { // a second poll must not enqueue again
+		t.Fatalf("second watchdog run restarted %d items (%v), want none", n, err)
 	}
 	if n := len(b.queue.Pending()); n != 1 {
 		t.Fatalf("watchdog enqueued %d messages, want 1", n)

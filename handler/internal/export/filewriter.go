@@ -6,9 +6,6 @@ import (
 	"fmt"
 )
 
-// maxBlocksPerBlob is Azure's limit of committed blocks in one block blob.
-const maxBlocksPerBlob = 50000
-
 // fileWriter appends NDJSON lines to a work item's files. It keeps at most one
 // block of lines in memory, stages full blocks as it goes, and rolls to a new
 // file before a line would take the current one past the size limit. Nothing
@@ -115,7 +112,7 @@ func (w *fileWriter) stage(ctx context.Context) error {
 	if len(w.item.Files) == 0 {
 		w.startFile()
 	}
-	if w.item.Blocks+w.staged >= maxBlocksPerBlob-1 {
+	if w.item.Blocks+w.staged >= MaxBlocksPerBlob-1 {
 		// The blob is full of small blocks: finish it and go on in a new file.
 		pending := bytes.Clone(w.buf.Bytes())
 		lines := w.bufLines

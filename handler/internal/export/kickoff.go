@@ -24,9 +24,10 @@ func newJobID(now time.Time) string {
 
 var jobIDPattern = regexp.MustCompile(`^[0-9a-f]{28}$`)
 
-// validJobID reports whether id could be a job id; anything else is not
-// looked up, so no client input reaches a storage query.
-func validJobID(id string) bool { return jobIDPattern.MatchString(id) }
+// ValidJobID reports whether id could be a job id (newJobID's form); anything
+// else is not looked up, so no client input reaches a storage query. The HTTP
+// API answers 404 for other ids with it before calling the engine.
+func ValidJobID(id string) bool { return jobIDPattern.MatchString(id) }
 
 // KickOff accepts an export: it fixes the transaction time from the source's
 // clock, checks that the Group exists and the destination container can be
@@ -135,7 +136,7 @@ func (e *Engine) Cancel(ctx context.Context, jobID string) error {
 
 // activeJob reads a job that exists and is not cancelled.
 func (e *Engine) activeJob(ctx context.Context, jobID string) (*Job, error) {
-	if !validJobID(jobID) {
+	if !ValidJobID(jobID) {
 		return nil, fault.New(fault.NotFound, "there is no export job %q", jobID)
 	}
 	job, err := e.store.GetJob(ctx, jobID)

@@ -106,9 +106,13 @@ type WorkItem struct {
 	Expected int64  `json:"expected,omitempty"` // source's count, when known (progress only)
 	Skipped  int64  `json:"skipped,omitempty"`  // duplicates suppressed across member batches
 
-	Failure     string    `json:"failure,omitempty"`     // why the item failed
-	FailureCode string    `json:"failureCode,omitempty"` // FHIR issue code of the failure
-	Attempts    int       `json:"attempts,omitempty"`    // invocations that started this item
+	Failure     string `json:"failure,omitempty"`     // why the item failed
+	FailureCode string `json:"failureCode,omitempty"` // FHIR issue code of the failure
+	// FailureKind is the fault kind of the failure (fault.Kind.String), so
+	// the status answer is rebuilt with its real kind. Rows written before
+	// it existed have none and read as permanent.
+	FailureKind string    `json:"failureKind,omitempty"`
+	Attempts    int       `json:"attempts,omitempty"` // invocations that started this item
 	UpdatedAt   time.Time `json:"updatedAt"`
 
 	// The lease fences concurrent invocations of the same item: only the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -65,6 +66,19 @@ type Blobs interface {
 	DeletePrefix(ctx context.Context, container, prefix string) error
 	Open(ctx context.Context, container, blob string) (io.ReadCloser, int64, error) // fault.NotFound
 }
+
+// MaxBlocksPerBlob is the most committed blocks a blob can hold (Azure's
+// limit). The file writer finishes a file before it reaches it; every Blobs
+// refuses block numbers past it, so the in-memory one fails where Azure would.
+const MaxBlocksPerBlob = 50000
+
+var containerName = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9]|-[a-z0-9]){2,62}$`)
+
+// ValidContainerName reports whether s can name a Blobs container: 3 to 63
+// lowercase letters, digits and single inner hyphens (Azure's rule). The HTTP
+// API checks _container with it and config checks EXPORT_CONTAINER, so a
+// name that passes is one the destination accepts.
+func ValidContainerName(s string) bool { return len(s) <= 63 && containerName.MatchString(s) }
 
 // Condition guards a commit. The zero value commits unconditionally.
 type Condition struct {

@@ -3,9 +3,10 @@ package export
 import (
 	"context"
 	"fmt"
-	"github.com/rs/zerolog"
 	"sort"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 )
@@ -23,16 +24,27 @@ func (e *Engine) Status(ctx context.Context, jobID string) (*Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read work items of job %s: %w", jobID, err)
 	}
-	e.restartStalled(ctx, items)
 	return deriveStatus(job, items), nil
 }
 
-// restartStalled is the watchdog that keeps a job from hanging when a work
+// RestartStalled is the watchdog that keeps a job from hanging when a work
 // item's message was lost (poisoned while storage was down, purged by hand):
 // a pending item that nobody owns and that has not changed for StallAfter is
-// enqueued again. Taking the item first (If-Match) makes one poller do it;
-// a repeated message is harmless, since an item runs under its lease.
-func (e *Engine) restartStalled(ctx context.Context, items []*WorkItem) {
+// enqueued again. Taking the item first (If-Match) makes one caller do it;
+// a repeated message is harmless, since an item runs under its lease. It
+// returns how many items it enqueued.
+//
+// Unlike Status it writes, so it is its own call: the HTTP API makes it after
+// a status poll found the job in progress, and downloads never do.
+func (e *Engine) RestartStalled(ctx context.Context, jobID string) (int, error) {
+	if !ValidJobID(jobID) {
+		return 0, fault.New(fault.NotFound, "there is no export job %q", jobID)
+	}
+	items, err := e.store.ListItems(ctx, jobID)
+	if err != nil {
+		return 0, fmt.Errorf("read work items of job %s: %w", jobID, err)
+	}
+	restarted := 0
 	now := e.now().UTC()
 	for _, it := range items {
 		if it.State != ItemPending || it.LeaseUntil.After(now) || now.Sub(it.UpdatedAt) < e.set.StallAfter {
@@ -47,9 +59,11 @@ func (e *Engine) restartStalled(ctx context.Context, items []*WorkItem) {
 			zerolog.Ctx(ctx).Warn().Err(err).Str("job", it.JobID).Str("workItem", it.ID).Msg("could not enqueue a stalled work item again")
 			continue
 		}
+		restarted++
 		zerolog.Ctx(ctx).Warn().Str("job", it.JobID).Str("workItem", it.ID).Time("lastChange", it.UpdatedAt).
 			Msg("work item made no progress and had no owner; enqueued again")
 	}
+	return restarted, nil
 }
 
 func deriveStatus(job *Job, items []*WorkItem) *Status {
@@ -79,6 +93,7 @@ func deriveStatus(job *Job, items []*WorkItem) *Status {
 	if plan != nil && plan.State == ItemDone {
 		st.Total, st.TotalKnown = plan.Expected, plan.Expected > 0
 	}
+	estimateProgress(st, plan, items)
 	if st.Phase == Failed || plan == nil || pending > 0 {
 		st.CompletedAt = time.Time{}
 		return st
@@ -103,15 +118,17 @@ func deriveStatus(job *Job, items []*WorkItem) *Status {
 }
 
 // itemFailure rebuilds the recorded cause of a failed item as an error with
-// its FHIR issue code, for the OperationOutcome of the status answer.
+// its fault kind and FHIR issue code, for the status answer (the HTTP API
+// maps the kind to a status). A row recorded before kinds were stored has
+// none and reads as Permanent, which is what every failure was taken for then.
 func itemFailure(it *WorkItem) error {
 	what := "planning the export"
 	if it.ID != PlanItemID {
 		what = "exporting " + it.Type
 	}
-	err := fault.New(fault.Permanent, "%s failed: %s", what, it.Failure)
-	if it.FailureCode != "" {
-		err = fault.WithCode(err, it.FailureCode)
+	kind, ok := fault.ParseKind(it.FailureKind)
+	if !ok {
+		kind = fault.Permanent
 	}
-	return err
+	return &fault.Error{Kind: kind, Code: it.FailureCode, Msg: fmt.Sprintf("%s failed: %s", what, it.Failure)}
 }

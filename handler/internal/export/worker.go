@@ -18,6 +18,22 @@ type Attempt struct {
 	Number       int    // the queue's dequeue count, from 1
 	Final        bool   // no further delivery will follow a failure
 	InvocationID string // for logs
+	// Stop is closed when the process is shutting down. A running item then
+	// checkpoints at its next page boundary, releases its lease and hands
+	// the rest to a continuation message, so that another instance resumes
+	// at once. Nil never stops. It is separate from the context, which ends
+	// only when the work must stop at once (the shutdown grace has passed).
+	Stop <-chan struct{}
+}
+
+// stopping reports whether the process asked running work to hand on.
+func (at Attempt) stopping() bool {
+	select {
+	case <-at.Stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // errLeaseLost stops an invocation that no longer owns its item.
@@ -26,41 +42,55 @@ var errLeaseLost = fault.New(fault.Conflict, "another invocation owns this work 
 // errBusy is a delivery of a message whose item another live invocation runs.
 var errBusy = fault.New(fault.Transient, "another invocation is running this work item")
 
-// Process runs one delivery of a work item message. It returns nil when the
-// message is finished with (done, failed for good and recorded, handed on to
-// a continuation, or a duplicate), and an error of kind Transient when it
-// should be delivered again. On the final attempt every failure is recorded
-// on the job, so a job never stays in progress because its message ran out
-// of deliveries; a failure that was retried until then is also returned (kind
-// Permanent), so the queue moves the message to its poison queue.
-func (e *Engine) Process(ctx context.Context, msg Message, at Attempt) error {
+// detachedTimeout bounds the storage calls that tidy up after an invocation
+// whose own context has ended (releasing its lease): they must not hang a
+// shutdown.
+const detachedTimeout = 5 * time.Second
+
+// Process runs one delivery of a work item message and says what the queue
+// must do with the message:
+//
+//   - Done: finished with (the item is done, handed on to a continuation
+//     message, or the message was a duplicate, stale or malformed);
+//   - GiveUp: the item failed for good (a permanent cause) and the failure is
+//     recorded on the job;
+//   - RetryLater: a failure that may pass (or a live owner elsewhere, or an
+//     invocation cut short by ctx); the lease is released and the next
+//     delivery resumes at the last checkpoint;
+//   - Poisoned: the last delivery failed; the failure is recorded on the job,
+//     so a job never stays in progress because its message ran out of
+//     deliveries.
+//
+// ctx ending stops the work at once; at.Stop asks it to hand on at the next
+// page boundary instead.
+func (e *Engine) Process(ctx context.Context, msg Message, at Attempt) Outcome {
 	log := zerolog.Ctx(ctx).With().Str("job", msg.Job).Str("workItem", msg.Item).
 		Int("attempt", at.Number).Logger()
 	ctx = log.WithContext(ctx)
 
-	if !validJobID(msg.Job) || msg.Item == "" {
+	if !ValidJobID(msg.Job) || msg.Item == "" {
 		log.Error().Msg("dropping a malformed work item message")
-		return nil
+		return Done()
 	}
 	job, err := e.store.GetJob(ctx, msg.Job)
 	if fault.Is(err, fault.NotFound) {
 		log.Warn().Msg("dropping a message for a job that does not exist")
-		return nil
+		return Done()
 	}
 	if err != nil {
-		return e.retryOrFail(ctx, nil, at, fmt.Errorf("read job: %w", err))
+		return e.retryOrFail(ctx, msg, "", at, fmt.Errorf("read job: %w", err))
 	}
 	item, err := e.store.GetItem(ctx, msg.Job, msg.Item)
 	if fault.Is(err, fault.NotFound) {
 		log.Warn().Msg("dropping a message for a work item that does not exist")
-		return nil
+		return Done()
 	}
 	if err != nil {
-		return e.retryOrFail(ctx, nil, at, fmt.Errorf("read work item: %w", err))
+		return e.retryOrFail(ctx, msg, "", at, fmt.Errorf("read work item: %w", err))
 	}
 	if item.State != ItemPending {
 		log.Info().Str("state", string(item.State)).Msg("work item already finished; dropping a repeated message")
-		return nil
+		return Done()
 	}
 
 	owner := newOwner()
@@ -68,50 +98,55 @@ func (e *Engine) Process(ctx context.Context, msg Message, at Attempt) error {
 		if errors.Is(err, errBusy) || errors.Is(err, errLeaseLost) {
 			if at.Final {
 				log.Info().Msg("work item is being run by another invocation; dropping this repeated message")
-				return nil
+				return Done()
 			}
-			return err // deliver again later: if the owner died, its lease will have lapsed
+			// Deliver again later: if the owner died, its lease will have lapsed.
+			log.Info().Msg("work item is being run by another invocation; this message will be delivered again")
+			return RetryLater(err)
 		}
-		return e.retryOrFail(ctx, nil, at, err)
+		return e.retryOrFail(ctx, msg, "", at, err)
 	}
 
 	if job.State == JobCancelled {
 		e.removeItemFiles(ctx, job, item)
-		return nil
+		return Done()
 	}
 
 	deadline := time.Now().Add(e.set.InvocationBudget)
 	if item.ID == PlanItemID {
 		err = e.plan(ctx, job, item)
 	} else {
-		err = e.exportItem(ctx, job, item, deadline)
+		err = e.exportItem(ctx, job, item, deadline, at)
 	}
 	switch {
 	case err == nil:
-		return nil
+		return Done()
 	case errors.Is(err, errLeaseLost):
 		log.Warn().Msg("lost the work item to another invocation; stopping without writing")
-		return nil
+		return Done()
 	case fault.Is(err, fault.Cancelled):
 		log.Info().Msg("job was cancelled; work item stopped")
 		e.removeItemFiles(ctx, job, item)
-		return nil
+		return Done()
 	default:
-		if fault.Is(e.checkCancelled(ctx, job.ID), fault.Cancelled) {
+		if ctx.Err() == nil && fault.Is(e.checkCancelled(ctx, job.ID), fault.Cancelled) {
 			// The failure is most likely the cancel itself (its files were
 			// deleted under us): clean up now rather than on a retry.
 			log.Info().Err(err).Msg("job was cancelled; work item stopped")
 			e.removeItemFiles(ctx, job, item)
-			return nil
+			return Done()
 		}
-		return e.retryOrFail(ctx, item, at, err)
+		return e.retryOrFail(ctx, msg, owner, at, err)
 	}
 }
 
 // release gives up the lease after a failed invocation, so that the next
 // delivery can start at once. It reads the item afresh: the in-memory copy
-// may describe writes that were never committed.
+// may describe writes that were never committed. It runs even when ctx has
+// ended (a shutdown past its grace), within detachedTimeout.
 func (e *Engine) release(ctx context.Context, jobID, itemID, owner string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
+	defer cancel()
 	item, err := e.store.GetItem(ctx, jobID, itemID)
 	if err != nil || item.LeaseOwner != owner {
 		return
@@ -122,43 +157,67 @@ func (e *Engine) release(ctx context.Context, jobID, itemID, owner string) {
 	}
 }
 
-// retryOrFail decides what a failure means: a transient one is retried while
-// deliveries remain; anything else, or the last delivery, fails the item.
-func (e *Engine) retryOrFail(ctx context.Context, item *WorkItem, at Attempt, cause error) error {
-	log := zerolog.Ctx(ctx)
-	kind := fault.KindOf(cause)
-	retryable := kind == fault.Transient || kind == fault.Unavailable || kind == fault.Internal || kind == fault.Conflict
-	if retryable && !at.Final {
-		if item != nil {
-			e.release(ctx, item.JobID, item.ID, item.LeaseOwner)
-		}
-		log.Warn().Err(cause).Str("kind", kind.String()).Msg("work item failed; it will be retried")
-		return fault.Wrap(fault.Transient, cause, "work item will be retried")
+// retryable reports whether a failure of this kind may pass on a later
+// delivery: outages, throttling, bugs and lost races. Anything else (the
+// source rejects the search, storage refuses our identity) will not.
+func retryable(kind fault.Kind) bool {
+	switch kind {
+	case fault.Transient, fault.Unavailable, fault.Internal, fault.Conflict:
+		return true
 	}
-	if item == nil {
-		// We could not even read the item; record the failure on it by id.
-		log.Error().Err(cause).Msg("work item failed on its last delivery before it could be read")
-		return fault.Wrap(fault.Transient, cause, "work item could not be read")
-	}
-	if err := e.fail(ctx, item, cause, at); err != nil {
-		log.Error().Err(err).AnErr("cause", cause).Msg("could not record the failure of a work item")
-		return fault.Wrap(fault.Transient, err, "record failure")
-	}
-	log.Error().Err(cause).Str("kind", kind.String()).Msg("work item failed; the job is failed")
-	if retryable {
-		// The last delivery of a failure that never cleared: the job now says
-		// why, and failing the delivery too leaves the message in the poison
-		// queue, where operators look for what went wrong.
-		return &fault.Error{Kind: fault.Permanent, Msg: "work item failed on its last delivery; the failure is recorded on the job", Err: cause}
-	}
-	return nil
+	return false
 }
 
-// fail records a work item as failed. It reads the item afresh, because the
-// in-memory copy may describe writes that were never committed.
-func (e *Engine) fail(ctx context.Context, item *WorkItem, cause error, at Attempt) error {
+// retryOrFail decides what a failure of the delivery of msg means: a
+// retryable one is retried while deliveries remain; anything else, or the
+// last delivery, fails the item on the job. owner is the lease this
+// invocation holds ("" if it took none). The item is failed by id, read
+// afresh, so a failure before the item could even be read is recorded too.
+func (e *Engine) retryOrFail(ctx context.Context, msg Message, owner string, at Attempt, cause error) Outcome {
+	log := zerolog.Ctx(ctx)
+	kind := fault.KindOf(cause)
+	if owner != "" {
+		e.release(ctx, msg.Job, msg.Item, owner)
+	}
+	if ctx.Err() != nil {
+		// The invocation was cut short (a shutdown past its grace, or the
+		// host gave up on the request): that says nothing about the work, so
+		// it is never recorded as the job's failure. Like a crash, it
+		// resumes at the last checkpoint on the next delivery.
+		log.Warn().Err(cause).Msg("work item interrupted; it will be delivered again")
+		return RetryLater(cause)
+	}
+	if retryable(kind) && !at.Final {
+		log.Warn().Err(cause).Str("kind", kind.String()).Msg("work item failed; it will be retried")
+		return RetryLater(cause)
+	}
+	if err := e.fail(ctx, msg, cause, at); err != nil {
+		log.Error().Err(err).AnErr("cause", cause).Msg("could not record the failure of a work item")
+		if at.Final {
+			// Nothing more can be done here: the poison queue keeps the
+			// message, and the status watchdog enqueues the item again once
+			// it has been idle for StallAfter.
+			return Poisoned(cause)
+		}
+		return RetryLater(cause)
+	}
+	log.Error().Err(cause).Str("kind", kind.String()).Msg("work item failed; the job is failed")
+	if retryable(kind) {
+		// The last delivery of a failure that never cleared: the job now says
+		// why, and the message goes to the poison queue, where operators look
+		// for what went wrong.
+		return Poisoned(cause)
+	}
+	return GiveUp(cause)
+}
+
+// fail records the work item of msg as failed with the cause, its kind and
+// its FHIR issue code. It reads the item afresh, because an in-memory copy
+// may describe writes that were never committed.
+func (e *Engine) fail(ctx context.Context, msg Message, cause error, at Attempt) error {
+	kind := fault.KindOf(cause)
 	for range 5 {
-		fresh, err := e.store.GetItem(ctx, item.JobID, item.ID)
+		fresh, err := e.store.GetItem(ctx, msg.Job, msg.Item)
 		if err != nil {
 			return err
 		}
@@ -167,13 +226,11 @@ func (e *Engine) fail(ctx context.Context, item *WorkItem, cause error, at Attem
 		}
 		fresh.State = ItemFailed
 		fresh.Failure = cause.Error()
-		if at.Final && fault.KindOf(cause) != fault.Permanent {
+		if at.Final && retryable(kind) {
 			fresh.Failure = fmt.Sprintf("%s (gave up after %d attempts)", cause.Error(), at.Number)
 		}
+		fresh.FailureKind = kind.String()
 		fresh.FailureCode = fault.Code(cause)
-		if fresh.FailureCode == "transient" {
-			fresh.FailureCode = "exception" // a failed job is not a reason to poll again
-		}
 		fresh.LeaseOwner, fresh.LeaseUntil = "", time.Time{}
 		fresh.UpdatedAt = e.now().UTC()
 		err = e.store.UpdateItem(ctx, fresh)
@@ -181,7 +238,7 @@ func (e *Engine) fail(ctx context.Context, item *WorkItem, cause error, at Attem
 			return err
 		}
 	}
-	return fmt.Errorf("work item %s kept changing while recording its failure", item.ID)
+	return fmt.Errorf("work item %s kept changing while recording its failure", msg.Item)
 }
 
 func newOwner() string {

@@ -29,7 +29,7 @@ const WorkerBinding = "workItem"
 
 // Processor runs one work item message (export.Engine.Process).
 type Processor interface {
-	Process(ctx context.Context, msg export.Message, at export.Attempt) error
+	Process(ctx context.Context, msg export.Message, at export.Attempt) export.Outcome
 }
 
 // Handler routes the host's requests.
@@ -37,12 +37,15 @@ type Handler struct {
 	api             http.Handler
 	engine          Processor
 	maxDequeueCount int
+	stop            <-chan struct{}
 }
 
 // New returns the custom handler's root handler. maxDequeueCount must be the
-// host's extensions.queues.maxDequeueCount (see MaxDequeueCount).
-func New(api http.Handler, engine Processor, maxDequeueCount int) *Handler {
-	return &Handler{api: api, engine: engine, maxDequeueCount: maxDequeueCount}
+// host's extensions.queues.maxDequeueCount (see MaxDequeueCount). stop is
+// closed when the process is shutting down: running work items then hand
+// on at their next page boundary (export.Attempt.Stop); nil never stops.
+func New(api http.Handler, engine Processor, maxDequeueCount int, stop <-chan struct{}) *Handler {
+	return &Handler{api: api, engine: engine, maxDequeueCount: maxDequeueCount, stop: stop}
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -80,16 +83,40 @@ func (h *Handler) invoke(w http.ResponseWriter, r *http.Request) {
 		reply(w, http.StatusOK, []string{"error: " + err.Error()})
 		return
 	}
-	err = h.engine.Process(ctx, msg, export.Attempt{
-		Number: dequeueCount, Final: dequeueCount >= h.maxDequeueCount, InvocationID: invocationID,
+	final := dequeueCount >= h.maxDequeueCount
+	out := h.engine.Process(ctx, msg, export.Attempt{
+		Number: dequeueCount, Final: final, InvocationID: invocationID, Stop: h.stop,
 	})
-	if err != nil {
-		// Only transient failures come back from Process: fail the invocation
-		// so the host delivers the message again after visibilityTimeout.
-		reply(w, http.StatusInternalServerError, []string{fmt.Sprintf("warn: work item %s/%s will be retried: %v", msg.Job, msg.Item, err)})
-		return
+	status, level, what := outcomeReply(out, final)
+	log.WithLevel(level).Err(out.Cause).Str("job", msg.Job).Str("workItem", msg.Item).Int("attempt", dequeueCount).
+		Str("outcome", what).Msg("worker invocation finished")
+	// The host keeps these lines in its own logs: ids and the outcome only,
+	// never an error's text, which can carry source URLs and diagnostics.
+	reply(w, status, []string{fmt.Sprintf("%s: work item %s/%s %s (attempt %d)", level, msg.Job, msg.Item, what, dequeueCount)})
+}
+
+// outcomeReply turns an outcome into the invocation's answer. The host
+// deletes the message on a 2xx; on anything else it makes the message
+// visible again after visibilityTimeout, or moves it to <queue>-poison when
+// the delivery was the last (DequeueCount >= maxDequeueCount).
+func outcomeReply(out export.Outcome, final bool) (status int, level zerolog.Level, what string) {
+	switch out.Action {
+	case export.Settle:
+		if out.Cause != nil {
+			return http.StatusOK, zerolog.WarnLevel, out.String()
+		}
+		return http.StatusOK, zerolog.InfoLevel, out.String()
+	case export.Retry:
+		if final {
+			// Cut short (the process is stopping) on its last delivery: the
+			// host poisons the message, and the status watchdog restarts the
+			// item once it has been idle for EXPORT_STALL_AFTER.
+			return http.StatusInternalServerError, zerolog.WarnLevel, "interrupted on its last delivery; the host moves the message to the poison queue"
+		}
+		return http.StatusInternalServerError, zerolog.WarnLevel, out.String()
+	default: // export.Poison
+		return http.StatusInternalServerError, zerolog.ErrorLevel, out.String()
 	}
-	reply(w, http.StatusOK, []string{fmt.Sprintf("info: work item %s/%s processed (attempt %d)", msg.Job, msg.Item, dequeueCount)})
 }
 
 func reply(w http.ResponseWriter, status int, logs []string) {
@@ -112,10 +139,10 @@ func DecodeInvocation(body io.Reader) (export.Message, int, error) {
 	}
 	var msg export.Message
 	if err := json.Unmarshal(peel(raw), &msg); err != nil {
-		return export.Message{}, 0, fmt.Errorf("Data.%s is not a work item message: %w", WorkerBinding, err)
+		return export.Message{}, 0, fmt.Errorf("payload Data.%s is not a work item message: %w", WorkerBinding, err)
 	}
 	if msg.Job == "" || msg.Item == "" {
-		return export.Message{}, 0, fmt.Errorf("Data.%s lacks job or item", WorkerBinding)
+		return export.Message{}, 0, fmt.Errorf("payload Data.%s lacks job or item", WorkerBinding)
 	}
 	count := 1
 	if v, ok := inv.Metadata["DequeueCount"]; ok {

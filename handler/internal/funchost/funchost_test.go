@@ -18,7 +18,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -115,20 +114,20 @@ func TestPeelTheDocumentedExample(t *testing.T) {
 	}
 }
 
-// fakeProcessor records attempts and answers with err.
+// fakeProcessor records attempts and answers with out (Done when unset).
 type fakeProcessor struct {
 	mu       sync.Mutex
-	err      error
+	out      export.Outcome
 	calls    []export.Attempt
 	messages []export.Message
 }
 
-func (p *fakeProcessor) Process(_ context.Context, msg export.Message, at export.Attempt) error {
+func (p *fakeProcessor) Process(_ context.Context, msg export.Message, at export.Attempt) export.Outcome {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.calls = append(p.calls, at)
 	p.messages = append(p.messages, msg)
-	return p.err
+	return p.out
 }
 
 // apiRecorder is the HTTP API stand-in: it records what reached it.
@@ -187,26 +186,62 @@ func checkResult(t *testing.T, rec *httptest.ResponseRecorder, wantStatus int) {
 
 func TestWorkerInvocationSucceedsWithAJSONResult(t *testing.T) {
 	api, proc := &apiRecorder{}, &fakeProcessor{}
-	h := New(api, proc, maxDequeue)
+	stop := make(chan struct{})
+	h := New(api, proc, maxDequeue, stop)
 	rec := invoke(t, h, fixture(t, "queue-workitem.json"), "inv-1")
 	checkResult(t, rec, http.StatusOK)
 	if len(proc.calls) != 1 || proc.messages[0] != ourMessage {
 		t.Fatalf("Process calls %+v %+v, want one with %+v", proc.calls, proc.messages, ourMessage)
 	}
-	if at := proc.calls[0]; at.Number != 2 || at.Final || at.InvocationID != "inv-1" {
-		t.Errorf("Attempt %+v, want Number 2, not Final, InvocationID inv-1", at)
+	if at := proc.calls[0]; at.Number != 2 || at.Final || at.InvocationID != "inv-1" || at.Stop != (<-chan struct{})(stop) {
+		t.Errorf("Attempt %+v, want Number 2, not Final, InvocationID inv-1 and the process's stop signal", at)
 	}
 	if len(api.seen) != 0 {
 		t.Error("a worker invocation reached the HTTP API")
 	}
 }
 
-func TestWorkerInvocationFailsOnlyForTransientErrors(t *testing.T) {
-	proc := &fakeProcessor{err: fault.New(fault.Transient, "source answered 503")}
-	rec := invoke(t, New(&apiRecorder{}, proc, maxDequeue), fixture(t, "queue-workitem.json"), "inv-2")
-	checkResult(t, rec, http.StatusInternalServerError)
-	if !strings.Contains(rec.Body.String(), "source answered 503") {
-		t.Errorf("the failure's Logs do not carry the cause: %s", rec.Body)
+// Each outcome of Process gets the answer that makes the host do what it
+// says: 2xx deletes the message, anything else redelivers it (or poisons it
+// on the last delivery). The Logs the host keeps name the ids and the
+// outcome, never the cause's text.
+func TestWorkerInvocationAnswersFollowTheOutcome(t *testing.T) {
+	const secret = "GET https://fhir.example.org/Observation?patient=Patient/123 answered 503"
+	cause := fault.New(fault.Transient, "%s", secret)
+	cases := []struct {
+		name   string
+		out    export.Outcome
+		count  string
+		status int
+		logs   string
+	}{
+		{"done", export.Done(), "2", http.StatusOK, "info: work item 01JD8Z6QK3M9V0XW2Y4A6B8C0D/Observation done (attempt 2)"},
+		{"failed for good", export.GiveUp(cause), "2", http.StatusOK, "warn: work item 01JD8Z6QK3M9V0XW2Y4A6B8C0D/Observation failed; the failure is recorded on the job (attempt 2)"},
+		{"retry", export.RetryLater(cause), "2", http.StatusInternalServerError, "warn: work item 01JD8Z6QK3M9V0XW2Y4A6B8C0D/Observation to be delivered again (attempt 2)"},
+		{"interrupted on the last delivery", export.RetryLater(cause), "5", http.StatusInternalServerError, "warn: work item 01JD8Z6QK3M9V0XW2Y4A6B8C0D/Observation interrupted on its last delivery; the host moves the message to the poison queue (attempt 5)"},
+		{"poisoned", export.Poisoned(cause), "5", http.StatusInternalServerError, "error: work item 01JD8Z6QK3M9V0XW2Y4A6B8C0D/Observation failed on its last delivery; the message goes to the poison queue (attempt 5)"},
+	}
+	var base map[string]map[string]any
+	if err := json.Unmarshal(fixture(t, "queue-workitem.json"), &base); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			base["Metadata"]["DequeueCount"] = c.count
+			body, _ := json.Marshal(base)
+			rec := invoke(t, New(&apiRecorder{}, &fakeProcessor{out: c.out}, maxDequeue, nil), body, "inv-2")
+			checkResult(t, rec, c.status)
+			var res struct{ Logs []string }
+			if err := json.Unmarshal(rec.Body.Bytes(), &res); err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Logs) != 1 || res.Logs[0] != c.logs {
+				t.Errorf("Logs %q, want [%q]", res.Logs, c.logs)
+			}
+			if strings.Contains(rec.Body.String(), "fhir.example.org") {
+				t.Errorf("the host's logs would carry the cause's text: %s", rec.Body)
+			}
+		})
 	}
 }
 
@@ -216,8 +251,8 @@ func TestUndecodablePayloadsAnswerSuccess(t *testing.T) {
 	for _, file := range []string{"queue-doc-example.json", "queue-plain-text-message.json", "queue-bad-dequeuecount.json",
 		"queue-other-binding.json", "queue-garbage.json"} {
 		t.Run(file, func(t *testing.T) {
-			proc := &fakeProcessor{err: errors.New("must not be called")}
-			rec := invoke(t, New(&apiRecorder{}, proc, maxDequeue), fixture(t, file), "inv-3")
+			proc := &fakeProcessor{}
+			rec := invoke(t, New(&apiRecorder{}, proc, maxDequeue, nil), fixture(t, file), "inv-3")
 			checkResult(t, rec, http.StatusOK)
 			if len(proc.calls) != 0 {
 				t.Errorf("Process was called for an undecodable payload")
@@ -240,7 +275,7 @@ func TestFinalAttemptFollowsMaxDequeueCount(t *testing.T) {
 			base["Metadata"]["DequeueCount"] = fmt.Sprint(n)
 			body, _ := json.Marshal(base)
 			proc := &fakeProcessor{}
-			invoke(t, New(&apiRecorder{}, proc, max), body, "inv")
+			invoke(t, New(&apiRecorder{}, proc, max, nil), body, "inv")
 			if len(proc.calls) != 1 {
 				t.Fatalf("max %d count %d: %d Process calls", max, n, len(proc.calls))
 			}
@@ -251,7 +286,7 @@ func TestFinalAttemptFollowsMaxDequeueCount(t *testing.T) {
 	}
 	// Without DequeueCount the delivery counts as the first.
 	proc := &fakeProcessor{}
-	invoke(t, New(&apiRecorder{}, proc, 1), fixture(t, "queue-no-dequeuecount.json"), "inv")
+	invoke(t, New(&apiRecorder{}, proc, 1, nil), fixture(t, "queue-no-dequeuecount.json"), "inv")
 	if at := proc.calls[0]; at.Number != 1 || !at.Final {
 		t.Errorf("no DequeueCount, maxDequeueCount 1: Attempt %+v, want Number 1, Final", at)
 	}
@@ -270,7 +305,7 @@ func TestOtherRequestsReachTheAPIUnchanged(t *testing.T) {
 	}
 	for _, c := range cases {
 		api, proc := &apiRecorder{}, &fakeProcessor{}
-		h := New(api, proc, maxDequeue)
+		h := New(api, proc, maxDequeue, nil)
 		req := httptest.NewRequest(c.method, c.target, strings.NewReader(c.body))
 		req.Header.Set("X-Azure-Functions-InvocationId", "inv-http")
 		req.Header.Set("Prefer", "respond-async")

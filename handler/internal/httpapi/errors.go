@@ -39,9 +39,17 @@ func methodNotAllowed(allow, method, path string) error {
 		err: fmt.Errorf("method %s is not allowed on %s; allowed: %s", method, path, allow)}
 }
 
+// jobFailed is the answer to a status request for a job that ended in
+// failure: its cause, with the cause's kind and code.
+type jobFailed struct{ cause error }
+
+func (e *jobFailed) Error() string { return "the export failed: " + e.cause.Error() }
+func (e *jobFailed) Unwrap() error { return e.cause }
+
 // statusOf maps an error's fault kind to an HTTP status and a FHIR issue type.
 // It is the one place that does so; retry reports whether the client should
-// retry (503 with Retry-After).
+// retry (503 with Retry-After). The issue type "transient" goes with a retry
+// and nothing else: it tells clients to poll again.
 func statusOf(err error) (status int, code string, retry bool) {
 	var he *httpError
 	if errors.As(err, &he) {
@@ -50,24 +58,44 @@ func statusOf(err error) (status int, code string, retry bool) {
 	code = fault.Code(err)
 	switch fault.KindOf(err) {
 	case fault.Invalid:
-		return http.StatusBadRequest, code, false
+		status = http.StatusBadRequest
 	case fault.NotFound:
-		return http.StatusNotFound, code, false
+		status = http.StatusNotFound
 	case fault.Cancelled:
 		// A cancelled job is gone as far as the client is concerned.
-		return http.StatusNotFound, "not-found", false
+		status, code = http.StatusNotFound, "not-found"
 	case fault.Forbidden:
-		return http.StatusForbidden, code, false
+		status = http.StatusForbidden
 	case fault.Conflict:
-		return http.StatusConflict, code, false
+		status = http.StatusConflict
 	case fault.Transient, fault.Unavailable:
-		return http.StatusServiceUnavailable, "transient", true
+		status, code, retry = http.StatusServiceUnavailable, "transient", true
 	default: // Permanent, Internal
-		if code == "transient" {
-			code = "exception"
-		}
-		return http.StatusInternalServerError, code, false
+		status = http.StatusInternalServerError
 	}
+	var failed *jobFailed
+	if errors.As(err, &failed) && status != http.StatusBadRequest {
+		// A finished job's failure is the answer to a status request that
+		// itself succeeded, so it keeps the cause's issue type but is a 500:
+		//   - never 503 "transient": polling again cannot change a failed
+		//     job, and clients take "transient" as an invitation to retry;
+		//   - never 404: that is the answer for an unknown or cancelled job
+		//     (Inferno's cancel test expects it), and a client would report
+		//     the job as gone rather than failed;
+		//   - never 403: a 403 says the client's own credentials are
+		//     refused, sending its operator to check the client's scopes,
+		//     while it was the service's identity that storage or the
+		//     source refused. The IG allows any 4xx or 5xx with an
+		//     OperationOutcome; 500 with issue type "forbidden" and the
+		//     diagnostics naming the refusal says what happened.
+		// Only a cause that is the client's request (400) keeps its status:
+		// resubmitting a corrected request is what the client should do.
+		status, retry = http.StatusInternalServerError, false
+	}
+	if !retry && code == "transient" {
+		code = "exception"
+	}
+	return status, code, retry
 }
 
 // writeError answers err with an OperationOutcome and the status of its kind.

@@ -34,7 +34,8 @@ type fakeEngine struct {
 	files     map[string]string // "job/name" -> content
 	open      func(jobID, name string) (io.ReadCloser, int64, error)
 	opened    []string
-	panicMsg  string // panic in every method when set
+	restarted []string // jobs the stalled-item watchdog was run for
+	panicMsg  string   // panic in every method when set
 }
 
 func (e *fakeEngine) KickOff(ctx context.Context, req export.Request) (*export.Job, error) {
@@ -48,7 +49,7 @@ func (e *fakeEngine) KickOff(ctx context.Context, req export.Request) (*export.J
 	}
 	id := e.jobID
 	if id == "" {
-		id = "job-1"
+		id = "0190000000000000000000000001"
 	}
 	return &export.Job{ID: id, Request: req}, nil
 }
@@ -63,6 +64,14 @@ func (e *fakeEngine) Status(ctx context.Context, jobID string) (*export.Status, 
 		return nil, fault.New(fault.NotFound, "no job %s", jobID)
 	}
 	return e.status, nil
+}
+
+func (e *fakeEngine) RestartStalled(ctx context.Context, jobID string) (int, error) {
+	e.maybePanic()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.restarted = append(e.restarted, jobID)
+	return 0, nil
 }
 
 func (e *fakeEngine) Cancel(ctx context.Context, jobID string) error {

@@ -222,7 +222,7 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 	if v, ok, err := single(byName[paramContainer]); err != nil {
 		return req, err
 	} else if ok {
-		if !validContainer(v) {
+		if !export.ValidContainerName(v) {
 			return req, invalid("value", "_container %q is not a valid blob container name (3-63 characters: lowercase letters, digits and single hyphens, starting and ending with a letter or digit)", v)
 		}
 		req.Container = v
@@ -282,18 +282,8 @@ func checkType(param, t string, level export.Level) error {
 }
 
 var (
-	fhirIDPattern    = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
-	containerPattern = regexp.MustCompile(`^[a-z0-9]+(-[a-z0-9]+)*$`)
-	jobIDPattern     = regexp.MustCompile(`^[A-Za-z0-9\-_.]{1,128}$`)
-	fileNamePattern  = regexp.MustCompile(`^(?:[A-Za-z]+|OperationOutcome)-[0-9]+\.ndjson$`)
+	fhirIDPattern   = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
+	fileNamePattern = regexp.MustCompile(`^(?:[A-Za-z]+|OperationOutcome)-[0-9]+\.ndjson$`)
 )
 
 func validFHIRID(id string) bool { return fhirIDPattern.MatchString(id) }
-
-// validContainer is Azure's rule for blob container names.
-func validContainer(c string) bool {
-	return len(c) >= 3 && len(c) <= 63 && containerPattern.MatchString(c)
-}
-
-// validJobID keeps ids that cannot name a job away from the engine.
-func validJobID(id string) bool { return jobIDPattern.MatchString(id) && id != "." && id != ".." }

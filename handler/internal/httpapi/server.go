@@ -26,7 +26,12 @@ type Engine interface {
 	// KickOff creates a job for a validated request.
 	KickOff(ctx context.Context, req export.Request) (*export.Job, error)
 	// Status derives a job's status; fault.NotFound for unknown or cancelled jobs.
+	// It only reads.
 	Status(ctx context.Context, jobID string) (*export.Status, error)
+	// RestartStalled enqueues again the work items of a running job whose
+	// messages were lost, and says how many; it writes, so only a status
+	// poll of a job in progress calls it (never a download).
+	RestartStalled(ctx context.Context, jobID string) (int, error)
 	// Cancel cancels a job; fault.NotFound for unknown or already cancelled jobs.
 	Cancel(ctx context.Context, jobID string) error
 	// OpenFile opens one output file of a job and returns its size; fault.NotFound if absent.
@@ -72,7 +77,7 @@ func (o Options) Validate() error {
 			return fmt.Errorf("httpapi: BaseURL %q must be an absolute http(s) URL without query or fragment", o.BaseURL)
 		}
 	}
-	if o.DefaultContainer != "" && !validContainer(o.DefaultContainer) {
+	if o.DefaultContainer != "" && !export.ValidContainerName(o.DefaultContainer) {
 		return fmt.Errorf("httpapi: DefaultContainer %q is not a valid blob container name", o.DefaultContainer)
 	}
 	if o.Retention < 0 || o.RetryAfter < 0 {
@@ -81,10 +86,11 @@ func (o Options) Validate() error {
 	return nil
 }
 
-const (
-	defaultRetryAfter = 2 * time.Second
-	maxBodyBytes      = 1 << 20
-)
+// DefaultRetryAfter is the polling interval suggested when Options.RetryAfter
+// is zero, and the default of EXPORT_RETRY_AFTER.
+const DefaultRetryAfter = 2 * time.Second
+
+const maxBodyBytes = 1 << 20
 
 // server is the http.Handler New returns.
 type server struct {
@@ -117,7 +123,7 @@ func New(engine Engine, opts Options) http.Handler {
 		s.retention = export.DefaultSettings().Retention
 	}
 	if s.retryAfter <= 0 {
-		s.retryAfter = defaultRetryAfter
+		s.retryAfter = DefaultRetryAfter
 	}
 	if opts.BaseURL != "" {
 		if u, err := url.Parse(opts.BaseURL); err == nil && u.Host != "" {
@@ -306,7 +312,7 @@ func (s *server) dispatch(w http.ResponseWriter, r *http.Request, rt route) erro
 	case routeKickOff:
 		return s.kickOff(w, r, rt)
 	case routeJob:
-		if !validJobID(rt.jobID) {
+		if !export.ValidJobID(rt.jobID) {
 			return notFound("no export job %q", rt.jobID)
 		}
 		r = withJob(r, rt.jobID)
@@ -315,7 +321,7 @@ func (s *server) dispatch(w http.ResponseWriter, r *http.Request, rt route) erro
 		}
 		return s.status(w, r, rt.jobID)
 	case routeFile:
-		if !validJobID(rt.jobID) {
+		if !export.ValidJobID(rt.jobID) {
 			return notFound("no export job %q", rt.jobID)
 		}
 		return s.download(w, withJob(r, rt.jobID), rt.jobID, rt.file)

@@ -149,9 +149,9 @@ func TestPanicBecomesOperationOutcome(t *testing.T) {
 	for _, tc := range []struct{ method, target string }{
 		{"GET", "/$export"},
 		{"POST", "/Patient/$export?_type=Patient"},
-		{"GET", "/jobs/job-1"},
-		{"DELETE", "/jobs/job-1"},
-		{"GET", "/jobs/job-1/files/Patient-1.ndjson"},
+		{"GET", "/jobs/0190000000000000000000000001"},
+		{"DELETE", "/jobs/0190000000000000000000000001"},
+		{"GET", "/jobs/0190000000000000000000000001/files/Patient-1.ndjson"},
 	} {
 		t.Run(tc.method+" "+tc.target, func(t *testing.T) {
 			t.Parallel()
@@ -189,7 +189,7 @@ func TestPanicBecomesOperationOutcome(t *testing.T) {
 		srv := httptest.NewServer(b.handler)
 		defer srv.Close()
 		for range 2 { // the server keeps serving
-			resp, err := http.Get(srv.URL + "/jobs/job-1")
+			resp, err := http.Get(srv.URL + "/jobs/0190000000000000000000000001")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -204,10 +204,10 @@ func TestPanicBecomesOperationOutcome(t *testing.T) {
 func TestLogging(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.engine.jobID = "job-42"
+	b.engine.jobID = "019000000000000000000000002a"
 	b.engine.status = &export.Status{Phase: export.InProgress}
 	b.call("GET", "/$export", hdr("X-Azure-Functions-InvocationId", "inv-1"), "")
-	b.call("GET", "/jobs/job-42", hdr("X-Azure-Functions-InvocationId", "inv-2"), "")
+	b.call("GET", "/jobs/019000000000000000000000002a", hdr("X-Azure-Functions-InvocationId", "inv-2"), "")
 	b.call("GET", "/$export?_type=Nope", nil, "")
 	b.call("GET", "/", nil, "")
 
@@ -224,8 +224,8 @@ func TestLogging(t *testing.T) {
 		t.Fatalf("%d access lines, want 3 (none for GET /): %v", len(access), access)
 	}
 	want := []map[string]any{
-		{"method": "GET", "path": "/$export", "status": float64(202), "job": "job-42", "invocationId": "inv-1"},
-		{"method": "GET", "path": "/jobs/job-42", "status": float64(202), "job": "job-42", "invocationId": "inv-2"},
+		{"method": "GET", "path": "/$export", "status": float64(202), "job": "019000000000000000000000002a", "invocationId": "inv-1"},
+		{"method": "GET", "path": "/jobs/019000000000000000000000002a", "status": float64(202), "job": "019000000000000000000000002a", "invocationId": "inv-2"},
 		{"method": "GET", "path": "/$export", "status": float64(400)},
 	}
 	for i, w := range want {
@@ -242,7 +242,7 @@ func TestLogging(t *testing.T) {
 		t.Errorf("400 line lacks the error: %v", access[2])
 	}
 	// The engine sees a request-scoped logger.
-	if len(engine) != 2 || engine[0]["invocationId"] != "inv-1" || engine[1]["invocationId"] != "inv-2" || engine[1]["job"] != "job-42" {
+	if len(engine) != 2 || engine[0]["invocationId"] != "inv-1" || engine[1]["invocationId"] != "inv-2" || engine[1]["job"] != "019000000000000000000000002a" {
 		t.Errorf("engine log lines lack request fields: %v", engine)
 	}
 }
@@ -300,7 +300,7 @@ func TestPanicMidDownloadAbortsTheResponse(t *testing.T) {
 	defer srv.Close()
 	// The status line was already committed, so the only honest answer is a
 	// broken connection: the client must see an error, not a short 200.
-	resp, err := http.Get(srv.URL + "/jobs/job-1/files/Patient-1.ndjson")
+	resp, err := http.Get(srv.URL + "/jobs/0190000000000000000000000001/files/Patient-1.ndjson")
 	if err == nil {
 		_, err = io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -318,12 +318,32 @@ func TestPanicMidDownloadAbortsTheResponse(t *testing.T) {
 	var logged bool
 	for deadline := time.Now().Add(5 * time.Second); !logged && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		for _, l := range b.logs.lines(t) {
-			if l["message"] == "request" && l["path"] == "/jobs/job-1/files/Patient-1.ndjson" {
+			if l["message"] == "request" && l["path"] == "/jobs/0190000000000000000000000001/files/Patient-1.ndjson" {
 				logged = l["status"] == float64(200) && l["error"] != nil
 			}
 		}
 	}
 	if !logged {
 		t.Errorf("the aborted download has no access line with its error: %v", b.logs.lines(t))
+	}
+}
+
+// TestIDsThatCannotNameAJobNeverReachTheEngine: the API answers 404 for any
+// id the engine could not have made (export.ValidJobID), without a lookup.
+func TestIDsThatCannotNameAJobNeverReachTheEngine(t *testing.T) {
+	t.Parallel()
+	for _, id := range []string{"job-1", "019000000000000000000000000", "0190000000000000000000000001a", "019000000000000000000000000A", "..", "a%20b"} {
+		for _, tc := range []struct{ method, target string }{
+			{"GET", "/jobs/" + id},
+			{"DELETE", "/jobs/" + id},
+			{"GET", "/jobs/" + id + "/files/Patient-1.ndjson"},
+		} {
+			t.Run(tc.method+" "+tc.target, func(t *testing.T) {
+				t.Parallel()
+				b := setup(t)
+				b.engine.panicMsg = "the engine was called" // any call answers 500
+				checkOutcome(t, b.call(tc.method, tc.target, nil, ""), http.StatusNotFound)
+			})
+		}
 	}
 }

@@ -1,9 +1,10 @@
 // Package queueworker runs work item messages in the standalone `serve` mode
 // with the same delivery rules the Azure Functions queue trigger applies:
-// a message is deleted when its work returns nil, delivered again after a
-// delay when it fails, and moved to the poison queue after its last attempt.
-// While a message runs, its visibility is extended so that it is not handed
-// to a second worker.
+// the engine's outcome decides (export.Outcome): a settled message is
+// deleted, a retried one is delivered again after a delay, a poisoned one
+// moves to the poison queue. While a message runs, its visibility is
+// extended so that it is not handed to a second worker. On shutdown it
+// stops receiving and lets the messages in flight hand on within a grace.
 package queueworker
 
 import (
@@ -36,17 +37,22 @@ type Receiver interface {
 
 // Processor runs one work item message (export.Engine.Process).
 type Processor interface {
-	Process(ctx context.Context, msg export.Message, at export.Attempt) error
+	Process(ctx context.Context, msg export.Message, at export.Attempt) export.Outcome
 }
 
 // Options tune the loop. Zero values take the defaults in brackets.
 type Options struct {
 	Workers         int           // concurrent messages [4]
-	MaxDequeueCount int           // deliveries before poison [5]
+	MaxDequeueCount int           // the delivery that is the last (export.Attempt.Final) [5]
 	RetryDelay      time.Duration // visibility of a failed message before its next delivery [30s]
 	Visibility      time.Duration // visibility while running, renewed at half-time [2m]
 	PollInterval    time.Duration // wait when the queue is empty [1s]
+	Grace           time.Duration // after Run's ctx ends, how long messages in flight may run before their work is cancelled [DefaultGrace]
 }
+
+// DefaultGrace is the default of Options.Grace and of EXPORT_SHUTDOWN_GRACE:
+// time for a page in flight to end and its checkpoint to be written.
+const DefaultGrace = 20 * time.Second
 
 func (o Options) withDefaults() Options {
 	if o.Workers <= 0 {
@@ -64,17 +70,30 @@ func (o Options) withDefaults() Options {
 	if o.PollInterval <= 0 {
 		o.PollInterval = time.Second
 	}
+	if o.Grace <= 0 {
+		o.Grace = DefaultGrace
+	}
 	return o
 }
 
-// Run receives and processes messages until ctx ends, then waits for the
-// messages in flight.
+// settleTimeout bounds the storage call that settles a message once its
+// work is over, so that a shutdown cannot hang on it.
+const settleTimeout = 10 * time.Second
+
+// Run receives and processes messages until ctx ends. Then it receives no
+// more, and the messages in flight are asked to hand on at their next page
+// boundary (export.Attempt.Stop is ctx.Done()); their work's own context is
+// cancelled only if they are still running after o.Grace. Run returns when
+// every message in flight is settled.
 func Run(ctx context.Context, q Receiver, p Processor, o Options) {
 	o = o.withDefaults()
 	log := zerolog.Ctx(ctx)
+	// The work outlives ctx by up to the grace: it is told to stop through
+	// Attempt.Stop, and cancelled only when the grace is over.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
 	slots := make(chan struct{}, o.Workers)
 	var wg sync.WaitGroup
-	defer wg.Wait()
 	for ctx.Err() == nil {
 		free := o.Workers - len(slots)
 		if free == 0 {
@@ -98,20 +117,57 @@ func Run(ctx context.Context, q Receiver, p Processor, o Options) {
 			sleep(ctx, o.PollInterval)
 			continue
 		}
+		if ctx.Err() != nil {
+			giveBack(work, q, batch)
+			break
+		}
 		for _, d := range batch {
 			slots <- struct{}{}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				defer func() { <-slots }()
-				handle(context.WithoutCancel(ctx), q, p, o, d)
+				handle(work, ctx.Done(), q, p, o, d)
 			}()
+		}
+	}
+	drain(log, &wg, len(slots), o.Grace, cancelWork)
+}
+
+// drain waits for the messages in flight, cancelling their work once the
+// grace is over.
+func drain(log *zerolog.Logger, wg *sync.WaitGroup, running int, grace time.Duration, cancelWork context.CancelFunc) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	if running > 0 {
+		log.Info().Int("running", running).Dur("grace", grace).Msg("stopping: work items in flight hand on at their next page boundary")
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		log.Warn().Dur("grace", grace).Msg("stopping: the shutdown grace is over; cancelling the work still running")
+		cancelWork()
+		<-done
+	}
+}
+
+// giveBack makes messages received as the loop was stopping visible again
+// at once, unstarted, for another instance to take.
+func giveBack(ctx context.Context, q Receiver, batch []Delivery) {
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	for i := range batch {
+		if err := q.Extend(ctx, &batch[i], 0); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("could not give back a message received while stopping; it returns when its visibility lapses")
 		}
 	}
 }
 
-// handle runs one delivery and settles its message.
-func handle(ctx context.Context, q Receiver, p Processor, o Options, d Delivery) {
+// handle runs one delivery and settles its message as the outcome says.
+// ctx is the work's context; stop asks the work to hand on.
+func handle(ctx context.Context, stop <-chan struct{}, q Receiver, p Processor, o Options, d Delivery) {
 	invocation := d.MessageID + "/" + strconv.FormatInt(d.DequeueCount, 10)
 	log := zerolog.Ctx(ctx).With().Str("invocationId", invocation).Logger()
 	ctx = log.WithContext(ctx)
@@ -125,24 +181,33 @@ func handle(ctx context.Context, q Receiver, p Processor, o Options, d Delivery)
 		return
 	}
 
-	stop := keepInvisible(ctx, q, &d, o.Visibility)
-	err := p.Process(ctx, msg, export.Attempt{
-		Number: int(d.DequeueCount), Final: d.DequeueCount >= int64(o.MaxDequeueCount), InvocationID: invocation,
+	stopRenewing := keepInvisible(ctx, q, &d, o.Visibility)
+	out := p.Process(ctx, msg, export.Attempt{
+		Number: int(d.DequeueCount), Final: d.DequeueCount >= int64(o.MaxDequeueCount), InvocationID: invocation, Stop: stop,
 	})
-	stop()
+	stopRenewing()
 
-	switch {
-	case err == nil:
-		if err := q.Delete(ctx, d); err != nil {
+	interrupted := ctx.Err() != nil
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
+	defer cancel()
+	switch out.Action {
+	case export.Settle:
+		if err := q.Delete(sctx, d); err != nil {
 			log.Warn().Err(err).Msg("could not delete a finished message; its repeat will be dropped")
 		}
-	case d.DequeueCount >= int64(o.MaxDequeueCount):
-		log.Error().Err(err).Msg("moving a work item message to the poison queue after its last attempt")
-		if err := q.Poison(ctx, d); err != nil {
+	case export.Poison:
+		log.Error().Err(out.Cause).Msg("moving a work item message to the poison queue after its last attempt")
+		if err := q.Poison(sctx, d); err != nil {
 			log.Error().Err(err).Msg("could not poison a message")
 		}
-	default:
-		if err := q.Extend(ctx, &d, o.RetryDelay); err != nil {
+	default: // export.Retry
+		delay := o.RetryDelay
+		if interrupted {
+			// Cut short by the shutdown, not failed: the lease is released,
+			// so another instance may resume it at once.
+			delay = 0
+		}
+		if err := q.Extend(sctx, &d, delay); err != nil {
 			log.Warn().Err(err).Msg("could not schedule the retry; the message returns when its visibility lapses")
 		}
 	}

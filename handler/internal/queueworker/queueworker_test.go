@@ -12,35 +12,37 @@ import (
 	"github.com/azfhir/bulkexport/handler/internal/queueworker"
 )
 
-// scripted answers each delivery of an item with the next error of its script.
+// scripted answers each delivery of an item with the next outcome of its
+// script, and Done when the script is used up.
 type scripted struct {
 	mu       sync.Mutex
-	script   map[string][]error
+	script   map[string][]export.Outcome
 	attempts map[string][]export.Attempt
 }
 
-func (s *scripted) Process(ctx context.Context, msg export.Message, at export.Attempt) error {
+func (s *scripted) Process(ctx context.Context, msg export.Message, at export.Attempt) export.Outcome {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.attempts[msg.Item] = append(s.attempts[msg.Item], at)
-	if errs := s.script[msg.Item]; len(errs) > 0 {
-		s.script[msg.Item] = errs[1:]
-		return errs[0]
+	if outs := s.script[msg.Item]; len(outs) > 0 {
+		s.script[msg.Item] = outs[1:]
+		return outs[0]
 	}
-	return nil
+	return export.Done()
 }
 
-func TestDeliveryRulesMatchTheQueueTrigger(t *testing.T) {
+func TestDeliveryRulesFollowTheOutcome(t *testing.T) {
 	q := memstore.NewQueue(nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	transient := fault.New(fault.Transient, "source said 503")
-	p := &scripted{attempts: map[string][]export.Attempt{}, script: map[string][]error{
+	p := &scripted{attempts: map[string][]export.Attempt{}, script: map[string][]export.Outcome{
 		"ok":          nil,
-		"flaky":       {transient, transient},
-		"always-down": {transient, transient, transient, transient},
+		"failed":      {export.GiveUp(fault.New(fault.Permanent, "source rejected the search"))},
+		"flaky":       {export.RetryLater(transient), export.RetryLater(transient)},
+		"always-down": {export.RetryLater(transient), export.RetryLater(transient), export.Poisoned(transient)},
 	}}
-	for _, item := range []string{"ok", "flaky", "always-down"} {
+	for _, item := range []string{"ok", "failed", "flaky", "always-down"} {
 		if err := q.Enqueue(ctx, export.Message{Job: "j", Item: item}); err != nil {
 			t.Fatal(err)
 		}
@@ -60,11 +62,10 @@ func TestDeliveryRulesMatchTheQueueTrigger(t *testing.T) {
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if n := len(p.attempts["ok"]); n != 1 {
-		t.Errorf("a successful message was delivered %d times, want 1", n)
-	}
-	if n := len(p.attempts["flaky"]); n != 3 {
-		t.Errorf("a message failing twice was delivered %d times, want 3", n)
+	for item, want := range map[string]int{"ok": 1, "failed": 1, "flaky": 3} {
+		if n := len(p.attempts[item]); n != want {
+			t.Errorf("%s was delivered %d times, want %d", item, n, want)
+		}
 	}
 	got := p.attempts["always-down"]
 	if len(got) != 3 {
@@ -81,5 +82,104 @@ func TestDeliveryRulesMatchTheQueueTrigger(t *testing.T) {
 	}
 	if left := q.Pending(); len(left) != 0 {
 		t.Errorf("work queue still holds %+v", left)
+	}
+}
+
+// handingOn runs until its delivery is asked to stop, then hands on (as the
+// engine does: a continuation message, and the delivery settled). With
+// ignoreStop it runs until its context is cancelled instead.
+type handingOn struct {
+	q          *memstore.Queue
+	ignoreStop bool
+	started    chan string
+	mu         sync.Mutex
+	ended      map[string]error // the context's error when each item ended
+}
+
+func (h *handingOn) Process(ctx context.Context, msg export.Message, at export.Attempt) export.Outcome {
+	h.started <- msg.Item
+	stop := at.Stop
+	if h.ignoreStop {
+		stop = nil
+	}
+	select {
+	case <-stop:
+	case <-ctx.Done():
+	}
+	h.mu.Lock()
+	h.ended[msg.Item] = ctx.Err()
+	h.mu.Unlock()
+	if ctx.Err() != nil {
+		return export.RetryLater(ctx.Err())
+	}
+	if err := h.q.Enqueue(context.Background(), export.Message{Job: msg.Job, Item: msg.Item + "-continued"}); err != nil {
+		return export.RetryLater(err)
+	}
+	return export.Done()
+}
+
+func TestStoppingHandsOnTheWorkInFlightAndTakesNoMore(t *testing.T) {
+	q := memstore.NewQueue(nil)
+	p := &handingOn{q: q, started: make(chan string, 3), ended: map[string]error{}}
+	for _, item := range []string{"a", "b", "waiting"} {
+		if err := q.Enqueue(context.Background(), export.Message{Job: "j", Item: item}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		queueworker.Run(ctx, q, p, queueworker.Options{Workers: 2, PollInterval: 10 * time.Millisecond, Grace: time.Hour})
+		close(done)
+	}()
+	running := map[string]bool{<-p.started: true, <-p.started: true}
+	cancel() // both workers are busy: the third message has not been taken
+	<-done
+
+	if !running["a"] || !running["b"] {
+		t.Fatalf("the workers ran %v, want a and b", running)
+	}
+	for item, err := range p.ended {
+		if err != nil {
+			t.Errorf("%s: its work was cancelled (%v) instead of asked to hand on", item, err)
+		}
+	}
+	var left []string
+	for _, m := range q.Pending() {
+		left = append(left, m.Item)
+	}
+	if len(left) != 3 || left[0] != "waiting" || left[1] == left[2] {
+		t.Errorf("queue holds %v, want the untaken message and the two continuations (the handed-on messages deleted)", left)
+	}
+	ds, err := q.Receive(context.Background(), 32, time.Minute)
+	if err != nil || len(ds) != 3 || ds[0].DequeueCount != 1 {
+		t.Errorf("after the stop %d messages are visible (%v), want all 3, the untaken one never delivered", len(ds), err)
+	}
+}
+
+func TestWorkStillRunningAfterTheGraceIsCancelledAndGivenBack(t *testing.T) {
+	q := memstore.NewQueue(nil)
+	p := &handingOn{q: q, ignoreStop: true, started: make(chan string, 1), ended: map[string]error{}}
+	if err := q.Enqueue(context.Background(), export.Message{Job: "j", Item: "slow"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		queueworker.Run(ctx, q, p, queueworker.Options{Workers: 1, PollInterval: 10 * time.Millisecond, Grace: time.Millisecond,
+			RetryDelay: time.Hour})
+		close(done)
+	}()
+	<-p.started
+	cancel()
+	<-done
+	if err := p.ended["slow"]; err == nil {
+		t.Fatal("the work that ignored the stop was never cancelled")
+	}
+	// Cut short, not failed: the message is visible again at once (not
+	// after RetryDelay), for another instance to resume.
+	ds, err := q.Receive(context.Background(), 1, time.Minute)
+	if err != nil || len(ds) != 1 || ds[0].DequeueCount != 2 {
+		t.Fatalf("after the cancelled delivery: %+v, %v; want the message visible at once for its second delivery", ds, err)
 	}
 }

@@ -85,6 +85,7 @@ func sampleItem(jobID, id string) *export.WorkItem {
 		Skipped:     1,
 		Failure:     "source said no",
 		FailureCode: "not-supported",
+		FailureKind: "permanent",
 		Attempts:    2,
 		UpdatedAt:   t1,
 		LeaseOwner:  "instance-1/invocation-7",
