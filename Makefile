@@ -17,11 +17,12 @@ help: ## List the targets
 	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## Build dist/handler, dist/fhir-sample and dist/bulk-client
+build: ## Build dist/handler, dist/fhir-sample, dist/bulk-client and dist/dev-issuer
 	@mkdir -p $(DIST)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(DIST)/handler ./handler
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/fhir-sample ./cmd/fhir-sample
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/bulk-client ./cmd/bulk-client
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(DIST)/dev-issuer ./cmd/dev-issuer
 
 .PHONY: run
 run: build ## Run locally: Azurite, the sample FHIR server and `handler serve` on 127.0.0.1:7071

@@ -26,6 +26,22 @@ dist/fhir-sample -data tests/data/synthea-r4-10 -addr "$fhir_addr" >.run/fhir-sa
 pids+=($!)
 
 export FHIR_SERVER_URL="http://$fhir_addr/fhir"
+# No tokens locally by default (the handler logs a warning). AUTH=oidc starts
+# dist/dev-issuer, a throwaway OIDC issuer on loopback with one client that
+# holds the export role, and makes the handler require its tokens. Or set
+# AUTH_MODE and its settings yourself (see README.md, Authentication).
+issuer_addr=${DEV_ISSUER_ADDR:-127.0.0.1:8081}
+if [[ "${AUTH:-}" == oidc && -z "${AUTH_ISSUER:-}" ]]; then
+	dist/dev-issuer -addr "$issuer_addr" >.run/dev-issuer.log 2>&1 &
+	pids+=($!)
+	export AUTH_MODE=oidc AUTH_ISSUER="http://$issuer_addr" AUTH_AUDIENCE=api://bulkexport
+	export AUTH_TOKEN_ENDPOINT="http://$issuer_addr/token"
+	for _ in $(seq 1 100); do
+		curl -fsS "$AUTH_ISSUER/.well-known/openid-configuration" >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+fi
+export AUTH_MODE=${AUTH_MODE:-none}
 export EXPORT_MAX_FILE_BYTES=${EXPORT_MAX_FILE_BYTES:-67108864}
 dist/handler serve -addr "$api_addr" > >(tee .run/handler.log) 2>&1 &
 pids+=($!)
@@ -53,4 +69,14 @@ Ready. FHIR Bulk Data \$export at http://$api_addr (source: $FHIR_SERVER_URL, st
 
 Logs: .run/handler.log, .run/fhir-sample.log. Ctrl-C stops everything.
 TXT
+if [[ "$AUTH_MODE" == oidc && -n "${AUTH_TOKEN_ENDPOINT:-}" ]]; then
+	cat <<TXT
+Tokens are required (AUTH_MODE=oidc, issuer $AUTH_ISSUER). Get one from the dev issuer and send it:
+
+  export BULK_TOKEN=\$(curl -s $AUTH_TOKEN_ENDPOINT -d grant_type=client_credentials -d client_id=local-client -d client_secret=local-secret | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -si 'http://$api_addr/\$export' -H "Authorization: Bearer \$BULK_TOKEN" -H 'Accept: application/fhir+json' -H 'Prefer: respond-async'
+  dist/bulk-client -base http://$api_addr -path '/\$export' -token "\$BULK_TOKEN"
+
+TXT
+fi
 wait "${pids[@]}"

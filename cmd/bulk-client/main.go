@@ -8,6 +8,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,9 +23,13 @@ func main() {
 	path := flag.String("path", "/$export", "kick-off path and query, e.g. /Patient/$export?_type=Patient,Observation")
 	out := flag.String("out", "", "folder to write <Type>.ndjson files into (optional)")
 	wait := flag.Duration("wait", 10*time.Minute, "give up after this long")
+	token := flag.String("token", os.Getenv("BULK_TOKEN"), "bearer token sent to the service (default $BULK_TOKEN); never sent to other hosts, such as SAS download URLs")
 	flag.Parse()
 
 	c := &bulkclient.Client{Base: strings.TrimRight(*base, "/"), MaxWait: *wait}
+	if *token != "" {
+		c.HTTP = &http.Client{Transport: &bearer{base: c.Base + "/", token: *token, next: http.DefaultTransport}}
+	}
 	start := time.Now()
 	res, err := c.Export(context.Background(), *path)
 	if err != nil {
@@ -64,4 +69,19 @@ func main() {
 		}
 	}
 	fmt.Println("files written to", *out)
+}
+
+// bearer adds the token to requests under the service's base URL only, so
+// that it never reaches the storage account a SAS download URL points at.
+type bearer struct {
+	base, token string
+	next        http.RoundTripper
+}
+
+func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasPrefix(r.URL.String(), b.base) {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+b.token)
+	}
+	return b.next.RoundTrip(r)
 }

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -66,6 +67,10 @@ type Options struct {
 	Clients map[string]Client
 	// Now is the issuer's clock (default time.Now).
 	Now func() time.Time
+	// Addr is the loopback address to listen on, such as "127.0.0.1:8081";
+	// empty: a free port. cmd/dev-issuer uses a fixed one so that a local
+	// run can name the issuer in its settings before it starts.
+	Addr string
 }
 
 type signingKey struct {
@@ -111,7 +116,16 @@ func New(opts Options) (*Issuer, error) {
 	mux.HandleFunc("GET "+opts.Path+"/.well-known/openid-configuration", iss.discovery)
 	mux.HandleFunc("GET "+opts.Path+"/keys", iss.jwks)
 	mux.HandleFunc("POST "+opts.Path+"/token", iss.token)
-	iss.srv = httptest.NewServer(mux)
+	iss.srv = httptest.NewUnstartedServer(mux)
+	if opts.Addr != "" {
+		ln, err := net.Listen("tcp", opts.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("oidcissuer: listen on %s: %w", opts.Addr, err)
+		}
+		iss.srv.Listener.Close()
+		iss.srv.Listener = ln
+	}
+	iss.srv.Start()
 	iss.URL = iss.srv.URL + opts.Path
 	return iss, nil
 }
