@@ -30,6 +30,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/rs/zerolog"
 
+	"github.com/azfhir/bulkexport/handler/internal/auth"
 	"github.com/azfhir/bulkexport/handler/internal/azstore"
 	"github.com/azfhir/bulkexport/handler/internal/config"
 	"github.com/azfhir/bulkexport/handler/internal/export"
@@ -228,11 +229,37 @@ func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode strin
 	set.InvocationBudget, set.Retention = cfg.InvocationBudget, cfg.Retention
 	set.SystemTypes = cfg.SystemTypes
 	set.Lease, set.StallAfter = cfg.Lease, cfg.StallAfter
-	engine := export.New(account.Store(), account.Queue(), account.Blobs(), source, set, nil)
+	set.MaxActivePerOwner = cfg.MaxJobsPerClient
+	blobs, err := exportBlobs(cfg, account)
+	if err != nil {
+		return nil, err
+	}
+	engine := export.New(account.Store(), account.Queue(), blobs, source, set, nil)
+
+	verifier, err := auth.New(cfg.AuthConfig())
+	if err != nil {
+		return nil, err
+	}
+	if verifier.Mode() == auth.ModeNone {
+		log.Warn().Msg("AUTH_MODE=none: the API checks no token and anyone who can reach it may export every patient; for local use only")
+	} else {
+		// Warm the key cache and say early if the issuer is misconfigured
+		// or unreachable; requests retry discovery themselves, so a failure
+		// here does not stop the service.
+		go func() {
+			dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			if err := verifier.Discover(dctx); err != nil {
+				log.Warn().Err(err).Msg("the token issuer's discovery failed at start-up; requests will answer 503 until it succeeds")
+			}
+		}()
+	}
 
 	apiOpts := httpapi.Options{
-		BaseURL: cfg.BaseURL, DefaultContainer: cfg.Container, Retention: cfg.Retention,
+		BaseURL: cfg.BaseURL, TrustForwarded: cfg.TrustForwarded, DefaultContainer: cfg.Container, Retention: cfg.Retention,
 		RetryAfter: cfg.RetryAfter, Logger: log, SoftwareVersion: version,
+		Auth: verifier, TokenEndpoint: cfg.AuthTokenEndpoint,
+		Containers: cfg.Containers, Downloads: cfg.Downloads, SASTTL: cfg.SASTTL,
 	}
 	if err := apiOpts.Validate(); err != nil {
 		return nil, err
@@ -249,6 +276,30 @@ func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode strin
 		a.receiver = account.Queue()
 	}
 	return a, nil
+}
+
+// exportBlobs is where export files go: the export account (EXPORT_STORAGE)
+// when one is set, so that the identity's write role on PHI is scoped to it;
+// else the host account. The job table and the queue stay on the host
+// account either way.
+func exportBlobs(cfg config.Config, host *azstore.Account) (*azstore.Blobs, error) {
+	es := cfg.ExportStorage
+	if !es.Set() {
+		return host.Blobs(), nil
+	}
+	o := azstore.BlobOptions{ConnectionString: es.ConnectionString, URL: es.BlobURL}
+	if es.BlobURL != "" {
+		cred, err := managedIdentity(es.ClientID)
+		if err != nil {
+			return nil, err
+		}
+		o.Credential = cred
+	}
+	blobs, err := azstore.OpenBlobs(o)
+	if err != nil {
+		return nil, fmt.Errorf("open export storage: %w", err)
+	}
+	return blobs, nil
 }
 
 // hostJSONPath is host.json in the app root: the working directory the host

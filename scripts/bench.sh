@@ -109,7 +109,7 @@ source_pid=$!
 pids+=("$source_pid")
 wait_url "http://$fhir_addr/fhir/metadata" "$source_pid" "$run/bench-fhir-sample.log"
 
-AzureWebJobsStorage=$conn FHIR_SERVER_URL="http://$fhir_addr/fhir" EXPORT_WORKERS=4 EXPORT_RETRY_AFTER=1s LOG_LEVEL=info \
+AzureWebJobsStorage=$conn FHIR_SERVER_URL="http://$fhir_addr/fhir" AUTH_MODE=none EXPORT_WORKERS=4 EXPORT_RETRY_AFTER=1s LOG_LEVEL=info \
 	dist/handler serve -addr "$api_addr" >"$run/bench-handler.log" 2>&1 &
 handler_pid=$!
 pids+=("$handler_pid")

@@ -54,6 +54,8 @@ func newProcess(t *testing.T, fhirURL string, extra ...string) *process {
 	p.env = append(os.Environ(),
 		"AzureWebJobsStorage="+os.Getenv("AZURE_STORAGE_CONNECTION_STRING"),
 		"FHIR_SERVER_URL="+fhirURL,
+		"AUTH_MODE=none",
+		"EXPORT_MAX_ACTIVE_JOBS_PER_CLIENT=100",
 		"EXPORT_TABLE=fault"+suffix,
 		"EXPORT_QUEUE=fault-"+suffix,
 		"EXPORT_CONTAINER=fault-"+suffix,

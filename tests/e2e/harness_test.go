@@ -5,7 +5,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -27,6 +26,7 @@ type service struct {
 	base   string
 	client *bulkclient.Client
 	env    []string
+	logs   *logBuffer // everything the handler printed
 }
 
 var fhirBase string
@@ -69,6 +69,11 @@ func startService(t *testing.T, extra ...string) *service {
 	env := append(os.Environ(),
 		"AzureWebJobsStorage="+os.Getenv("AZURE_STORAGE_CONNECTION_STRING"),
 		"FHIR_SERVER_URL="+fhirBase,
+		// Tests of authentication pass AUTH_MODE=oidc and its settings in
+		// extra; the rest run as the anonymous client, whose cap is raised so
+		// that tests starting many jobs on one service are not refused.
+		"AUTH_MODE=none",
+		"EXPORT_MAX_ACTIVE_JOBS_PER_CLIENT=100",
 		"EXPORT_TABLE=e2e"+suffix,
 		"EXPORT_QUEUE=e2e-"+suffix,
 		"EXPORT_CONTAINER=e2e-"+suffix,
@@ -79,8 +84,8 @@ func startService(t *testing.T, extra ...string) *service {
 	env = append(env, extra...)
 	cmd := exec.Command(filepath.Join(os.Getenv("BULKEXPORT_DIST"), "handler"), "serve", "-addr", addr)
 	cmd.Env = env
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	logs := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +107,7 @@ func startService(t *testing.T, extra ...string) *service {
 	if err := testproc.WaitReady(base + "/metadata"); err != nil {
 		t.Fatalf("%v\n%s", err, logs.String())
 	}
-	return &service{base: base, env: env, client: &bulkclient.Client{Base: base, MaxWait: 3 * time.Minute}}
+	return &service{base: base, env: env, logs: logs, client: &bulkclient.Client{Base: base, MaxWait: 3 * time.Minute}}
 }
 
 func tail(s string, n int) string {

@@ -172,6 +172,7 @@ func exportEnv(fhirBase string, extra ...string) ([]string, string) {
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"FHIR_SERVER_URL=" + fhirBase,
+		"AUTH_MODE=none",
 		"EXPORT_TABLE=he" + suffix,
 		"EXPORT_QUEUE=" + queue,
 		"EXPORT_CONTAINER=he-" + suffix,

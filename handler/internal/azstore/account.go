@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -56,6 +57,7 @@ type Account struct {
 	tables *aztables.ServiceClient
 	queues *azqueue.ServiceClient
 	blobs  *service.Client
+	signer signer // of blobs
 	table  string
 	queue  string
 }
@@ -129,10 +131,31 @@ func (a *Account) fromConnectionString(cs string) error {
 	if a.queues, err = azqueue.NewServiceClientFromConnectionString(cs, nil); err != nil {
 		return fmt.Errorf("queue client: %w", err)
 	}
-	if a.blobs, err = service.NewClientFromConnectionString(cs, nil); err != nil {
-		return fmt.Errorf("blob client: %w", err)
+	if a.blobs, a.signer, err = blobClientFromConnectionString(cs); err != nil {
+		return err
 	}
 	return nil
+}
+
+func blobClientFromConnectionString(cs string) (*service.Client, signer, error) {
+	svc, err := service.NewClientFromConnectionString(cs, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("blob client: %w", err)
+	}
+	sig, err := connectionSigner(cs)
+	if err != nil {
+		return nil, nil, fmt.Errorf("blob client: %w", err)
+	}
+	return svc, sig, nil
+}
+
+func blobClientFromCredential(blobURL string, cred azcore.TokenCredential) (*service.Client, signer, error) {
+	bo := &service.ClientOptions{ClientOptions: clientOptions(blobURL)}
+	svc, err := service.NewClient(blobURL, cred, bo)
+	if err != nil {
+		return nil, nil, fmt.Errorf("blob client: %w", err)
+	}
+	return svc, &delegationSigner{svc: svc, now: time.Now}, nil
 }
 
 func (a *Account) fromCredential(o Options) error {
@@ -144,9 +167,8 @@ func (a *Account) fromCredential(o Options) error {
 	if a.queues, err = azqueue.NewServiceClient(o.QueueURL, o.Credential, qo); err != nil {
 		return fmt.Errorf("queue client: %w", err)
 	}
-	bo := &service.ClientOptions{ClientOptions: clientOptions(o.BlobURL)}
-	if a.blobs, err = service.NewClient(o.BlobURL, o.Credential, bo); err != nil {
-		return fmt.Errorf("blob client: %w", err)
+	if a.blobs, a.signer, err = blobClientFromCredential(o.BlobURL, o.Credential); err != nil {
+		return err
 	}
 	return nil
 }
@@ -185,9 +207,44 @@ func (a *Account) Queue() *Queue {
 	return newQueue(a.queues, a.queue)
 }
 
-// Blobs returns the blob store for NDJSON files.
+// Blobs returns the blob store for NDJSON files on this account (used when
+// no separate export account is configured; see OpenBlobs).
 func (a *Account) Blobs() *Blobs {
-	return &Blobs{svc: a.blobs}
+	return &Blobs{svc: a.blobs, signer: a.signer, now: time.Now}
+}
+
+// BlobOptions say how to reach a storage account that holds only export
+// files (EXPORT_STORAGE), apart from the host account with the job table and
+// the queue, so that the identity's write role on exports can be scoped to
+// it: a connection string, or the blob service URL with a token credential.
+type BlobOptions struct {
+	ConnectionString string // "UseDevelopmentStorage=true" means Azurite on its default ports
+	URL              string
+	Credential       azcore.TokenCredential
+}
+
+// OpenBlobs returns the blob store of an export account. Like Open it does
+// no I/O.
+func OpenBlobs(o BlobOptions) (*Blobs, error) {
+	var (
+		svc *service.Client
+		sig signer
+		err error
+	)
+	switch {
+	case o.ConnectionString != "" && (o.URL != "" || o.Credential != nil):
+		return nil, fault.New(fault.Invalid, "export storage: give either a connection string or a blob service URL with a credential, not both")
+	case o.ConnectionString != "":
+		svc, sig, err = blobClientFromConnectionString(devstorage.Expand(o.ConnectionString))
+	case o.URL != "" && o.Credential != nil:
+		svc, sig, err = blobClientFromCredential(o.URL, o.Credential)
+	default:
+		return nil, fault.New(fault.Invalid, "export storage: give a connection string, or a blob service URL and a credential")
+	}
+	if err != nil {
+		return nil, fault.Wrap(fault.Invalid, err, "export storage")
+	}
+	return &Blobs{svc: svc, signer: sig, now: time.Now}, nil
 }
 
 // EnsureInfrastructure creates the table, the queue and its poison queue if

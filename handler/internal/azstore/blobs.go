@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/streaming"
@@ -13,6 +14,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blockblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/sas"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/service"
 	"golang.org/x/sync/errgroup"
 
@@ -30,7 +32,9 @@ const deleteParallelism = 8
 // each is the block staged last or else the committed one, and the service
 // drops every other block.
 type Blobs struct {
-	svc *service.Client
+	svc    *service.Client
+	signer signer // makes ReadURL's SAS
+	now    func() time.Time
 }
 
 var _ export.Blobs = (*Blobs)(nil)
@@ -148,6 +152,33 @@ func (b *Blobs) ContentType(ctx context.Context, container, name string) (string
 		return "", wrap(err, "properties of %s/%s", container, name)
 	}
 	return deref(props.ContentType), nil
+}
+
+// ReadURL returns the blob's URL with a SAS that grants read (and nothing
+// else) on this blob alone until ttl from now: a user-delegation SAS when
+// the account is reached with a token credential, a service SAS signed with
+// the account key when it is reached with a connection string. The SAS has
+// no start time, so a clock behind the service's does not make it "not yet
+// valid"; it is limited to HTTPS when the account is served over HTTPS.
+func (b *Blobs) ReadURL(ctx context.Context, container, name string, ttl time.Duration) (string, error) {
+	if ttl <= 0 {
+		return "", fault.New(fault.Internal, "read URL of %s/%s: ttl %s is not positive", container, name, ttl)
+	}
+	client := b.block(container, name)
+	v := sas.BlobSignatureValues{
+		ExpiryTime:    b.now().Add(ttl).UTC(),
+		Permissions:   (&sas.BlobPermissions{Read: true}).String(),
+		ContainerName: container,
+		BlobName:      name,
+	}
+	if !isHTTP(client.URL()) {
+		v.Protocol = sas.ProtocolHTTPS
+	}
+	qp, err := b.signer.sign(ctx, v)
+	if err != nil {
+		return "", fault.Wrap(fault.KindOf(err), err, "sign a read URL for %s/%s", container, name)
+	}
+	return client.URL() + "?" + qp.Encode(), nil
 }
 
 func (b *Blobs) block(container, name string) *blockblob.Client {

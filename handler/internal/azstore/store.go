@@ -17,7 +17,12 @@ import (
 )
 
 // Table layout: PartitionKey is the job id; the RowKey says what the row is.
+// The owner index has its own partitions: PartitionKey ownerPrefix + owner
+// key, RowKey the job id, no other property (a job id is hex, so it never
+// starts with ownerPrefix).
 const (
+	ownerPrefix = "owner-"
+
 	jobRow       = "job"
 	itemPrefix   = "item:"    // + work item id
 	memberPrefix = "members:" // + %06d batch index
@@ -184,6 +189,66 @@ func (s *Store) GetMembers(ctx context.Context, jobID string, index int) ([]stri
 		return []string{}, nil
 	}
 	return strings.Split(joined, ","), nil
+}
+
+// AddOwnerJob adds jobID to owner's index (an upsert: adding again is harmless).
+func (s *Store) AddOwnerJob(ctx context.Context, owner, jobID string) error {
+	body, err := ownerEntity(owner, jobID)
+	if err != nil {
+		return fault.Wrap(fault.Internal, err, "index job")
+	}
+	opts := &aztables.UpsertEntityOptions{UpdateMode: aztables.UpdateModeReplace}
+	if _, err := s.table.UpsertEntity(ctx, body, opts); err != nil {
+		return wrap(err, "index job %s", jobID)
+	}
+	return nil
+}
+
+// OwnerJobs lists the job ids in owner's index, in RowKey (id) order.
+func (s *Store) OwnerJobs(ctx context.Context, owner string) ([]string, error) {
+	if err := export.CheckKey(owner); err != nil {
+		return nil, fault.Wrap(fault.Internal, err, "list owner's jobs")
+	}
+	filter := fmt.Sprintf("PartitionKey eq '%s'", strings.ReplaceAll(ownerPrefix+owner, "'", "''"))
+	sel := "RowKey"
+	pager := s.table.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter, Select: &sel})
+	var ids []string
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return nil, wrap(err, "list owner's jobs")
+		}
+		for _, raw := range page.Entities {
+			var row struct{ RowKey string }
+			if err := json.Unmarshal(raw, &row); err != nil || row.RowKey == "" {
+				return nil, fault.New(fault.Internal, "list owner's jobs: a row without RowKey")
+			}
+			ids = append(ids, row.RowKey)
+		}
+	}
+	return ids, nil
+}
+
+// RemoveOwnerJob deletes jobID from owner's index; a missing row is fine.
+func (s *Store) RemoveOwnerJob(ctx context.Context, owner, jobID string) error {
+	if _, err := ownerEntity(owner, jobID); err != nil {
+		return fault.Wrap(fault.Internal, err, "unindex job")
+	}
+	_, err := s.table.DeleteEntity(ctx, ownerPrefix+owner, jobID, nil)
+	if err != nil && kindOf(err) != fault.NotFound {
+		return wrap(err, "unindex job %s", jobID)
+	}
+	return nil
+}
+
+func ownerEntity(owner, jobID string) ([]byte, error) {
+	if err := export.CheckKey(ownerPrefix + owner); err != nil {
+		return nil, err
+	}
+	if err := export.CheckKey(jobID); err != nil {
+		return nil, err
+	}
+	return json.Marshal(map[string]any{"PartitionKey": ownerPrefix + owner, "RowKey": jobID})
 }
 
 func (s *Store) add(ctx context.Context, body []byte) (string, error) {

@@ -13,11 +13,13 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/azfhir/bulkexport/handler/devstorage"
+	"github.com/azfhir/bulkexport/handler/internal/auth"
 	"github.com/azfhir/bulkexport/handler/internal/azstore"
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fhir"
@@ -36,6 +38,17 @@ type Storage struct {
 	ClientID         string // user-assigned managed identity; empty for system-assigned
 }
 
+// ExportStorage says how to reach the export account: a connection string,
+// or its blob service URL with a managed identity.
+type ExportStorage struct {
+	ConnectionString string
+	BlobURL          string
+	ClientID         string // user-assigned managed identity; empty for system-assigned
+}
+
+// Set reports whether a separate export account is configured.
+func (e ExportStorage) Set() bool { return e.ConnectionString != "" || e.BlobURL != "" }
+
 // Config is every setting the handler reads.
 type Config struct {
 	Storage Storage
@@ -47,10 +60,38 @@ type Config struct {
 	FHIRAttempts  int           // FHIR_RETRY_ATTEMPTS: tries of one source request while it fails transiently
 	FHIRBackoff   time.Duration // FHIR_RETRY_BACKOFF: first backoff ceiling, doubled per try (capped at 30s)
 
+	// Who may call the API (see docs/security.md).
+	AuthMode          string   // AUTH_MODE: none, oidc or entra; required, no default
+	AuthIssuer        string   // AUTH_ISSUER: oidc's issuer, exactly as the tokens' "iss"
+	AuthTenantID      string   // AUTH_TENANT_ID: entra's tenant GUID
+	AuthAudiences     []string // AUTH_AUDIENCE: accepted "aud" values (comma list)
+	AuthRole          string   // AUTH_ROLE: the app role that may export every type
+	AuthTokenEndpoint string   // AUTH_TOKEN_ENDPOINT: published in /.well-known/smart-configuration
+	// EXPORT_MAX_ACTIVE_JOBS_PER_CLIENT: unfinished jobs one client may have.
+	MaxJobsPerClient int
+
 	Container string // EXPORT_CONTAINER: default destination container
-	Table     string // EXPORT_TABLE: job table
-	Queue     string // EXPORT_QUEUE: work item queue (the worker function's queueName)
-	BaseURL   string // EXPORT_BASE_URL: public base URL; empty: from each request
+	// EXPORT_CONTAINERS: the containers a kick-off may name in _container
+	// (default: just Container; Container is one of them).
+	Containers []string
+	// EXPORT_STORAGE (connection string) or EXPORT_STORAGE__blobServiceUri
+	// (+ __clientId): a storage account for export files apart from the host
+	// account. Zero: the files go to the host account.
+	ExportStorage ExportStorage
+	// EXPORT_DOWNLOADS: "proxy" (files stream through the service, the
+	// owner's token needed) or "sas" (manifest URLs are read-only SAS for
+	// one blob, valid for SASTTL from each manifest request).
+	Downloads string
+	SASTTL    time.Duration // EXPORT_SAS_TTL
+
+	Table   string // EXPORT_TABLE: job table
+	Queue   string // EXPORT_QUEUE: work item queue (the worker function's queueName)
+	BaseURL string // EXPORT_BASE_URL: public base URL; empty: from each request
+	// EXPORT_TRUST_FORWARDED: X-Forwarded-Proto and -Host shape the URLs
+	// built from a request only when a proxy in front sets them (the
+	// Functions front end); default false, so a bare handler serve does
+	// not let clients choose the host of the URLs it hands out.
+	TrustForwarded bool
 
 	MaxFileBytes     int64         // EXPORT_MAX_FILE_BYTES
 	BlockBytes       int           // EXPORT_BLOCK_BYTES
@@ -90,10 +131,22 @@ func Load(getenv func(string) string) (Config, error) {
 		FHIRClientID:      r.str("FHIR_AUTH_CLIENT_ID", ""),
 		FHIRAttempts:      r.integer("FHIR_RETRY_ATTEMPTS", fhirsource.DefaultMaxAttempts, 1, 20),
 		FHIRBackoff:       r.duration("FHIR_RETRY_BACKOFF", fhirsource.DefaultBaseBackoff, 10*time.Millisecond, time.Minute),
+		AuthMode:          strings.ToLower(r.str("AUTH_MODE", "")),
+		AuthIssuer:        r.str("AUTH_ISSUER", ""),
+		AuthTenantID:      r.str("AUTH_TENANT_ID", ""),
+		AuthAudiences:     r.list("AUTH_AUDIENCE"),
+		AuthRole:          r.str("AUTH_ROLE", auth.DefaultRole),
+		AuthTokenEndpoint: r.str("AUTH_TOKEN_ENDPOINT", ""),
+		MaxJobsPerClient:  r.integer("EXPORT_MAX_ACTIVE_JOBS_PER_CLIENT", def.MaxActivePerOwner, 1, 1000),
 		Container:         r.str("EXPORT_CONTAINER", "bulk-export"),
+		Containers:        r.list("EXPORT_CONTAINERS"),
+		ExportStorage:     r.exportStorage(),
+		Downloads:         strings.ToLower(r.str("EXPORT_DOWNLOADS", httpapi.DownloadsProxy)),
+		SASTTL:            r.duration("EXPORT_SAS_TTL", httpapi.DefaultSASTTL, time.Second, 24*time.Hour),
 		Table:             r.str("EXPORT_TABLE", azstore.DefaultTable),
 		Queue:             r.str("EXPORT_QUEUE", azstore.DefaultQueue),
 		BaseURL:           strings.TrimRight(r.str("EXPORT_BASE_URL", ""), "/"),
+		TrustForwarded:    r.boolean("EXPORT_TRUST_FORWARDED", false),
 		MaxFileBytes:      int64(r.integer("EXPORT_MAX_FILE_BYTES", int(def.MaxFileBytes), 1024, 4<<30)),
 		BlockBytes:        r.integer("EXPORT_BLOCK_BYTES", def.BlockBytes, 1024, 100<<20),
 		PageSize:          r.integer("EXPORT_PAGE_SIZE", def.PageSize, 1, 10000),
@@ -125,6 +178,15 @@ func Load(getenv func(string) string) (Config, error) {
 // never stops the service (EXPORT_MAX_FILE_BYTES=1048576 alone gives 1 MiB
 // blocks). When both are set, validate reports a contradiction.
 func (c *Config) follow(r *reader) {
+	// The default container is an allowed one: without EXPORT_CONTAINERS
+	// the list is just EXPORT_CONTAINER, and without EXPORT_CONTAINER the
+	// default is the list's first.
+	switch {
+	case len(c.Containers) == 0:
+		c.Containers = []string{c.Container}
+	case r.str("EXPORT_CONTAINER", "") == "":
+		c.Container = c.Containers[0]
+	}
 	// A block is never larger than a file.
 	switch {
 	case !r.explicit["EXPORT_BLOCK_BYTES"]:
@@ -143,6 +205,7 @@ func (c *Config) follow(r *reader) {
 }
 
 func (c *Config) validate(r *reader) {
+	c.validateAuth(r)
 	if c.FHIRServerURL == "" {
 		r.fail("FHIR_SERVER_URL", "is required: the base URL of the source FHIR R4 server, e.g. https://example.fhir.azurehealthcareapis.com")
 	} else if u, err := url.Parse(c.FHIRServerURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -159,6 +222,21 @@ func (c *Config) validate(r *reader) {
 	if !export.ValidContainerName(c.Container) {
 		r.fail("EXPORT_CONTAINER", "%q is not a valid container name (3-63 lowercase letters, digits and single hyphens)", c.Container)
 	}
+	for _, name := range c.Containers {
+		if !export.ValidContainerName(name) {
+			r.fail("EXPORT_CONTAINERS", "%q is not a valid container name (3-63 lowercase letters, digits and single hyphens)", name)
+		}
+	}
+	for _, name := range append([]string{c.Container}, c.Containers...) {
+		if strings.HasPrefix(name, "azure-webjobs-") {
+			r.fail("EXPORT_CONTAINERS", "%q is a container of the Functions host (keys, leases): exports must not go there", name)
+			break
+		}
+	}
+	if !slices.Contains(c.Containers, c.Container) {
+		r.fail("EXPORT_CONTAINER", "(%s) must be one of EXPORT_CONTAINERS (%s)", c.Container, strings.Join(c.Containers, ","))
+	}
+	c.validateDownloads(r)
 	if !azstore.ValidTableName(c.Table) {
 		r.fail("EXPORT_TABLE", "%q is not a valid table name (3-63 letters and digits, starting with a letter)", c.Table)
 	}
@@ -188,6 +266,75 @@ func (c *Config) validate(r *reader) {
 	}
 }
 
+// validateDownloads checks EXPORT_DOWNLOADS and the export account: SAS URLs
+// need a key to sign with, which a connection string without AccountKey
+// does not have (a managed identity gets user-delegation keys instead).
+func (c *Config) validateDownloads(r *reader) {
+	switch c.Downloads {
+	case httpapi.DownloadsProxy, httpapi.DownloadsSAS:
+	default:
+		r.fail("EXPORT_DOWNLOADS", `must be %q or %q, got %q`, httpapi.DownloadsProxy, httpapi.DownloadsSAS, c.Downloads)
+	}
+	es := c.ExportStorage
+	if es.ConnectionString != "" && es.BlobURL != "" {
+		r.fail("EXPORT_STORAGE", "give either a connection string or EXPORT_STORAGE__blobServiceUri, not both")
+	}
+	if es.BlobURL != "" {
+		if u, err := url.Parse(es.BlobURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" {
+			r.fail("EXPORT_STORAGE__blobServiceUri", "must be an absolute http(s) URL without a query, got %q", es.BlobURL)
+		}
+	}
+	if es.ClientID != "" && es.BlobURL == "" {
+		r.fail("EXPORT_STORAGE__clientId", "is only used with EXPORT_STORAGE__blobServiceUri")
+	}
+	if es.ConnectionString != "" && connectionValue(es.ConnectionString, "AccountName") == "" && connectionValue(es.ConnectionString, "BlobEndpoint") == "" {
+		r.fail("EXPORT_STORAGE", "is not a storage connection string (it has neither AccountName nor BlobEndpoint)")
+	}
+	if c.Downloads != httpapi.DownloadsSAS {
+		return
+	}
+	cs, name := c.Storage.ConnectionString, "AzureWebJobsStorage"
+	if es.Set() {
+		cs, name = es.ConnectionString, "EXPORT_STORAGE"
+	}
+	if cs != "" && connectionValue(cs, "AccountKey") == "" {
+		r.fail("EXPORT_DOWNLOADS", "is sas, but the %s connection string has no AccountKey to sign download URLs with "+
+			"(use a managed identity, which signs with user-delegation keys, or EXPORT_DOWNLOADS=proxy)", name)
+	}
+}
+
+// validateAuth requires AUTH_MODE (there is no open default: a deployment
+// that forgot it must not start) and checks the AUTH_* settings the way the
+// Verifier will.
+func (c *Config) validateAuth(r *reader) {
+	switch auth.Mode(c.AuthMode) {
+	case "":
+		r.fail("AUTH_MODE", "is required: oidc (AUTH_ISSUER, AUTH_AUDIENCE), entra (AUTH_TENANT_ID, AUTH_AUDIENCE), "+
+			"or none (no authentication; for local use only)")
+		return
+	case auth.ModeNone, auth.ModeOIDC, auth.ModeEntra:
+	default:
+		r.fail("AUTH_MODE", "must be none, oidc or entra, got %q", c.AuthMode)
+		return
+	}
+	if _, err := auth.New(c.AuthConfig()); err != nil {
+		r.fail("AUTH_MODE", "settings are inconsistent: %s", strings.TrimPrefix(err.Error(), "auth: "))
+	}
+	if c.AuthTokenEndpoint != "" {
+		if u, err := url.Parse(c.AuthTokenEndpoint); err != nil || u.Scheme != "https" && u.Scheme != "http" || u.Host == "" {
+			r.fail("AUTH_TOKEN_ENDPOINT", "must be an absolute http(s) URL, got %q", c.AuthTokenEndpoint)
+		}
+	}
+}
+
+// AuthConfig is the Verifier's configuration (auth.New).
+func (c Config) AuthConfig() auth.Config {
+	return auth.Config{
+		Mode: auth.Mode(c.AuthMode), Issuer: c.AuthIssuer, TenantID: c.AuthTenantID,
+		Audiences: c.AuthAudiences, Role: c.AuthRole,
+	}
+}
+
 // Fields returns the configuration for the start-up log line, without secrets.
 func (c Config) Fields() map[string]any {
 	storage := "connection string (account key redacted)"
@@ -198,12 +345,30 @@ func (c Config) Fields() map[string]any {
 	}
 	return map[string]any{
 		"storage": storage, "fhirServerUrl": c.FHIRServerURL, "fhirAuth": c.FHIRAuth,
-		"container": c.Container, "table": c.Table, "queue": c.Queue, "baseUrl": c.BaseURL,
+		"authMode": c.AuthMode, "authIssuer": c.AuthIssuer, "authTenantId": c.AuthTenantID,
+		"authAudiences": c.AuthAudiences, "authRole": c.AuthRole, "maxActiveJobsPerClient": c.MaxJobsPerClient,
+		"container": c.Container, "table": c.Table, "queue": c.Queue, "baseUrl": c.BaseURL, "trustForwarded": c.TrustForwarded,
 		"maxFileBytes": c.MaxFileBytes, "blockBytes": c.BlockBytes, "pageSize": c.PageSize,
 		"memberBatch": c.MemberBatch, "systemTypes": c.SystemTypes,
 		"invocationBudget": c.InvocationBudget.String(), "lease": c.Lease.String(), "stallAfter": c.StallAfter.String(),
 		"workers": c.Workers, "maxDequeueCount": c.MaxDequeueCount, "functionsMode": c.FunctionsPort != "",
+		"containers": c.Containers, "exportStorage": c.ExportStorage.describe(), "downloads": c.Downloads,
+		"sasTtl": c.SASTTL.String(),
 	}
+}
+
+// describe names the export account for the start-up log, without a key.
+func (e ExportStorage) describe() string {
+	switch {
+	case e.BlobURL != "":
+		return "managed identity: " + e.BlobURL
+	case e.ConnectionString == "":
+		return "the host account (AzureWebJobsStorage)"
+	}
+	if u := connectionValue(e.ConnectionString, "BlobEndpoint"); u != "" {
+		return "connection string: " + u
+	}
+	return "connection string (account key redacted)"
 }
 
 func connectionValue(cs, key string) string {
@@ -267,6 +432,20 @@ func (r *reader) duration(name string, def, lo, hi time.Duration) time.Duration 
 	return d
 }
 
+func (r *reader) boolean(name string, def bool) bool {
+	s := r.str(name, "")
+	if s == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		r.fail(name, "must be true or false, got %q", s)
+		return def
+	}
+	r.explicit[name] = true
+	return b
+}
+
 func (r *reader) list(name string) []string {
 	var out []string
 	for _, p := range strings.Split(r.str(name, ""), ",") {
@@ -275,6 +454,16 @@ func (r *reader) list(name string) []string {
 		}
 	}
 	return out
+}
+
+// exportStorage reads EXPORT_STORAGE (a connection string) or
+// EXPORT_STORAGE__blobServiceUri and __clientId (a managed identity).
+func (r *reader) exportStorage() ExportStorage {
+	return ExportStorage{
+		ConnectionString: devstorage.Expand(r.str("EXPORT_STORAGE", "")),
+		BlobURL:          strings.TrimRight(r.str("EXPORT_STORAGE__blobServiceUri", ""), "/"),
+		ClientID:         r.str("EXPORT_STORAGE__clientId", ""),
+	}
 }
 
 // storage reads AzureWebJobsStorage: a connection string, or the

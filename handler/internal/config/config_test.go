@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ func TestLoadDefaultsAndDevelopmentStorage(t *testing.T) {
 	c, err := Load(env(map[string]string{
 		"AzureWebJobsStorage": "UseDevelopmentStorage=true",
 		"FHIR_SERVER_URL":     "http://127.0.0.1:8080/fhir/",
+		"AUTH_MODE":           "none",
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +48,9 @@ func TestLoadIdentityBasedStorage(t *testing.T) {
 		"AzureWebJobsStorage__accountName": "acct",
 		"FHIR_SERVER_URL":                  "https://fhir.example.org",
 		"FHIR_AUTH":                        "azure",
+		"AUTH_MODE":                        "entra",
+		"AUTH_TENANT_ID":                   "72f988bf-86f1-41af-91ab-2d7cd011db47",
+		"AUTH_AUDIENCE":                    "api://bulkexport, 0d5d5c3a-0000-4000-8000-000000000001",
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +119,7 @@ func TestDefaultsFollowTheSettingsTheyDependOn(t *testing.T) {
 			wantErr: "EXPORT_MAX_FILE_BYTES must be"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := map[string]string{"AzureWebJobsStorage": "UseDevelopmentStorage=true", "FHIR_SERVER_URL": "http://127.0.0.1:8080/fhir"}
+			m := map[string]string{"AzureWebJobsStorage": "UseDevelopmentStorage=true", "FHIR_SERVER_URL": "http://127.0.0.1:8080/fhir", "AUTH_MODE": "none"}
 			for k, v := range tc.set {
 				m[k] = v
 			}
@@ -133,6 +138,42 @@ func TestDefaultsFollowTheSettingsTheyDependOn(t *testing.T) {
 			}
 			if !tc.check(c) {
 				t.Errorf("file %d, block %d, lease %s, stall after %s", c.MaxFileBytes, c.BlockBytes, c.Lease, c.StallAfter)
+			}
+		})
+	}
+}
+
+// AUTH_MODE has no default: a deployment that forgot it does not start, and
+// each mode gets exactly the settings it needs.
+func TestAuthModeIsRequiredAndChecked(t *testing.T) {
+	base := map[string]string{"AzureWebJobsStorage": "UseDevelopmentStorage=true", "FHIR_SERVER_URL": "http://127.0.0.1:8080/fhir"}
+	for _, tc := range []struct {
+		name    string
+		set     map[string]string
+		wantErr string // "" for a valid configuration
+	}{
+		{name: "missing", wantErr: "AUTH_MODE is required"},
+		{name: "unknown mode", set: map[string]string{"AUTH_MODE": "easyauth"}, wantErr: `AUTH_MODE must be none, oidc or entra, got "easyauth"`},
+		{name: "none", set: map[string]string{"AUTH_MODE": "none"}},
+		{name: "none with an issuer", set: map[string]string{"AUTH_MODE": "none", "AUTH_ISSUER": "https://idp.example"}, wantErr: "AUTH_MODE=none takes no issuer"},
+		{name: "oidc", set: map[string]string{"AUTH_MODE": "oidc", "AUTH_ISSUER": "https://idp.example", "AUTH_AUDIENCE": "bulk"}},
+		{name: "oidc without audience", set: map[string]string{"AUTH_MODE": "oidc", "AUTH_ISSUER": "https://idp.example"}, wantErr: "needs AUTH_AUDIENCE"},
+		{name: "oidc over plain http", set: map[string]string{"AUTH_MODE": "oidc", "AUTH_ISSUER": "http://idp.example", "AUTH_AUDIENCE": "bulk"}, wantErr: "must be https"},
+		{name: "entra with a domain", set: map[string]string{"AUTH_MODE": "entra", "AUTH_TENANT_ID": "contoso.com", "AUTH_AUDIENCE": "bulk"}, wantErr: "not a tenant GUID"},
+		{name: "bad token endpoint", set: map[string]string{"AUTH_MODE": "none", "AUTH_TOKEN_ENDPOINT": "/token"}, wantErr: "AUTH_TOKEN_ENDPOINT must be an absolute"},
+		{name: "cap of zero", set: map[string]string{"AUTH_MODE": "none", "EXPORT_MAX_ACTIVE_JOBS_PER_CLIENT": "0"}, wantErr: "EXPORT_MAX_ACTIVE_JOBS_PER_CLIENT must be"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := maps.Clone(base)
+			maps.Copy(m, tc.set)
+			c, err := Load(env(m))
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("error %v, want one with %q", err, tc.wantErr)
+			case err == nil && c.MaxJobsPerClient != export.DefaultSettings().MaxActivePerOwner:
+				t.Errorf("EXPORT_MAX_ACTIVE_JOBS_PER_CLIENT default %d, want the engine's %d", c.MaxJobsPerClient, export.DefaultSettings().MaxActivePerOwner)
 			}
 		})
 	}

@@ -119,7 +119,7 @@ func benchExport(tb testing.TB, src *benchSource, set Settings) (*Engine, *Statu
 			tb.Fatal(err)
 		}
 	}
-	st, err := engine.Status(ctx, job.ID)
+	st, err := engine.Status(ctx, job.ID, "")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -134,7 +134,7 @@ func benchExport(tb testing.TB, src *benchSource, set Settings) (*Engine, *Statu
 func checkBenchOutput(tb testing.TB, engine *Engine, st *Status, n int, wantBytes, maxBytes int64) {
 	var lines, total int64
 	for _, f := range st.Output {
-		rc, size, err := engine.OpenFile(context.Background(), st.Job.ID, f.Name)
+		rc, size, err := engine.OpenFile(context.Background(), st.Job.ID, "", f.Name)
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -16,6 +16,9 @@ type Settings struct {
 	SystemTypes      []string      // if set, the types of a system export without _type (else the source's CapabilityStatement)
 	Lease            time.Duration // how long an item stays owned after its last checkpoint
 	StallAfter       time.Duration // a pending item with no owner and no change for this long is enqueued again
+	// MaxActivePerOwner is how many unfinished jobs one client (Request.Owner)
+	// may have; a kick-off beyond it is fault.Limited. Zero: no limit.
+	MaxActivePerOwner int
 }
 
 // DefaultSettings are the production defaults.
@@ -30,11 +33,18 @@ func DefaultSettings() Settings {
 		Retention:        24 * time.Hour,
 		Lease:            time.Minute,
 		StallAfter:       15 * time.Minute,
+
+		MaxActivePerOwner: 5,
 	}
 }
 
 // Engine runs exports. It is safe for concurrent use: one Engine serves every
 // HTTP request and every worker invocation of a process.
+//
+// Status, Cancel, OpenFile, FileURL and RestartStalled log through the
+// caller's logger (zerolog.Ctx), which carries the job id already (httpapi
+// adds it), so they do not add it again: a JSON line with two "job" keys
+// confuses log queries.
 type Engine struct {
 	store  Store
 	queue  Queue

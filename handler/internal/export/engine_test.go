@@ -97,7 +97,7 @@ func (b *bundle) export(t *testing.T, req Request, maxAttempts int) *Status {
 		t.Fatal(err)
 	}
 	b.drain(t, maxAttempts)
-	st, err := b.engine.Status(context.Background(), job.ID)
+	st, err := b.engine.Status(context.Background(), job.ID, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func (b *bundle) lines(t *testing.T, st *Status, maxBytes int64) map[string][]st
 	t.Helper()
 	out := map[string][]string{}
 	for _, f := range st.Output {
-		rc, size, err := b.engine.OpenFile(context.Background(), st.Job.ID, f.Name)
+		rc, size, err := b.engine.OpenFile(context.Background(), st.Job.ID, "", f.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -354,7 +354,7 @@ func TestAFailureAtAnyWriteNeitherLosesNorRepeats(t *testing.T) {
 			t.Fatal(err)
 		}
 		deliveries := b.drain(t, 5)
-		st, err := b.engine.Status(context.Background(), job.ID)
+		st, err := b.engine.Status(context.Background(), job.ID, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -466,7 +466,7 @@ func TestAFailureRecordedWithoutAKindReadsAsPermanent(t *testing.T) {
 	if err := b.store.UpdateItem(ctx, plan); err != nil {
 		t.Fatal(err)
 	}
-	st, err := b.engine.Status(ctx, job.ID)
+	st, err := b.engine.Status(ctx, job.ID, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -605,7 +605,7 @@ func TestAStopMidItemReleasesTheLeaseAndResumesExactlyElsewhere(t *testing.T) {
 	if src.pages != pages {
 		t.Errorf("%d Observation pages fetched in all, want %d: a resumed item fetches each page once", src.pages, pages)
 	}
-	st, err := b.engine.Status(ctx, job.ID)
+	st, err := b.engine.Status(ctx, job.ID, "")
 	if err != nil || st.Phase != Completed {
 		t.Fatalf("phase %v (%v), failure %v", st.Phase, err, st.Failure)
 	}
@@ -617,13 +617,13 @@ func TestCancelDeletesFilesAndHidesTheJob(t *testing.T) {
 	population(b.source, 2, 2)
 	st := b.export(t, Request{Level: LevelSystem}, 5)
 	ctx := context.Background()
-	if err := b.engine.Cancel(ctx, st.Job.ID); err != nil {
+	if err := b.engine.Cancel(ctx, st.Job.ID, ""); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.engine.Status(ctx, st.Job.ID); !fault.Is(err, fault.NotFound) {
+	if _, err := b.engine.Status(ctx, st.Job.ID, ""); !fault.Is(err, fault.NotFound) {
 		t.Errorf("status after cancel: %v, want not found", err)
 	}
-	if err := b.engine.Cancel(ctx, st.Job.ID); !fault.Is(err, fault.NotFound) {
+	if err := b.engine.Cancel(ctx, st.Job.ID, ""); !fault.Is(err, fault.NotFound) {
 		t.Errorf("second cancel: %v, want not found", err)
 	}
 	for _, f := range st.Output {
@@ -648,7 +648,7 @@ func TestLenientWarningsBecomeAnErrorFile(t *testing.T) {
 	if len(st.Errors) != 1 || st.Errors[0].Count != 1 {
 		t.Fatalf("errors %+v, want one file with one OperationOutcome", st.Errors)
 	}
-	rc, _, err := b.engine.OpenFile(context.Background(), st.Job.ID, st.Errors[0].Name)
+	rc, _, err := b.engine.OpenFile(context.Background(), st.Job.ID, "", st.Errors[0].Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -720,7 +720,7 @@ func (b *bundle) finish(t *testing.T, job *Job, want map[string][]string) {
 	if out := b.engine.Process(ctx, Message{Job: job.ID, Item: "Patient"}, Attempt{Number: 1}); out != Done() {
 		t.Fatalf("Patient: %v: %v", out, out.Cause)
 	}
-	st, err := b.engine.Status(ctx, job.ID)
+	st, err := b.engine.Status(ctx, job.ID, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -856,10 +856,10 @@ func TestAStalledItemIsEnqueuedAgainByTheWatchdogAndNotByReads(t *testing.T) {
 
 	// Reads never write: neither a status nor a download attempt restarts it.
 	plan, _ := b.store.GetItem(ctx, job.ID, PlanItemID)
-	if st, err := b.engine.Status(ctx, job.ID); err != nil || st.Phase != InProgress {
+	if st, err := b.engine.Status(ctx, job.ID, ""); err != nil || st.Phase != InProgress {
 		t.Fatalf("status: %v, %v", st, err)
 	}
-	if _, _, err := b.engine.OpenFile(ctx, job.ID, "Patient-1.ndjson"); !fault.Is(err, fault.NotFound) {
+	if _, _, err := b.engine.OpenFile(ctx, job.ID, "", "Patient-1.ndjson"); !fault.Is(err, fault.NotFound) {
 		t.Fatalf("download of a running job: %v, want not found", err)
 	}
 	if after, _ := b.store.GetItem(ctx, job.ID, PlanItemID); after.ETag != plan.ETag || len(b.queue.Pending()) != 0 {
@@ -876,7 +876,7 @@ func TestAStalledItemIsEnqueuedAgainByTheWatchdogAndNotByReads(t *testing.T) {
 		t.Fatalf("watchdog enqueued %d messages, want 1", n)
 	}
 	b.drain(t, 5)
-	st, err := b.engine.Status(ctx, job.ID)
+	st, err := b.engine.Status(ctx, job.ID, "")
 	if err != nil || st.Phase != Completed {
 		t.Fatalf("phase %v err %v failure %v", st.Phase, err, st.Failure)
 	}

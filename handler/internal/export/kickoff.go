@@ -15,14 +15,16 @@ import (
 )
 
 // newJobID returns a sortable, unguessable job id: 12 hex digits of Unix
-// milliseconds and 16 of randomness.
+// milliseconds and 32 of randomness. The 128 random bits make an id
+// impossible to guess even though the time part is not; owners are checked
+// as well (activeJob), so a leaked id alone reaches nothing.
 func newJobID(now time.Time) string {
-	var r [8]byte
+	var r [16]byte
 	_, _ = rand.Read(r[:])
 	return fmt.Sprintf("%012x%s", now.UnixMilli(), hex.EncodeToString(r[:]))
 }
 
-var jobIDPattern = regexp.MustCompile(`^[0-9a-f]{28}$`)
+var jobIDPattern = regexp.MustCompile(`^[0-9a-f]{44}$`)
 
 // ValidJobID reports whether id could be a job id (newJobID's form); anything
 // else is not looked up, so no client input reaches a storage query. The HTTP
@@ -48,6 +50,9 @@ func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
 	if err := e.preflight(ctx, req.Container); err != nil {
 		return nil, err
 	}
+	if err := e.checkShare(ctx, req.Owner); err != nil {
+		return nil, err
+	}
 
 	job := &Job{
 		ID:              newJobID(e.now()),
@@ -55,6 +60,14 @@ func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
 		TransactionTime: sourceNow.Add(-e.set.ClockMargin).UTC().Truncate(time.Millisecond),
 		CreatedAt:       e.now().UTC(),
 		State:           JobActive,
+	}
+	if req.Owner != "" {
+		// Indexed first: a job missing from the index would escape the cap,
+		// while an entry whose job was never created is dropped at the next
+		// count.
+		if err := e.store.AddOwnerJob(ctx, req.Owner, job.ID); err != nil {
+			return nil, fmt.Errorf("index job: %w", err)
+		}
 	}
 	if err := e.store.CreateJob(ctx, job); err != nil {
 		return nil, fmt.Errorf("record job: %w", err)
@@ -103,11 +116,68 @@ func (e *Engine) preflight(ctx context.Context, container string) error {
 	return nil
 }
 
-// Cancel stops a job: later status requests answer not found, workers stop
-// at their next checkpoint, and the job's files are deleted.
-func (e *Engine) Cancel(ctx context.Context, jobID string) error {
+// checkShare refuses a kick-off when owner already has
+// Settings.MaxActivePerOwner unfinished jobs, so one client cannot take all
+// the workers and source capacity. A job counts until its status is complete
+// or failed or it is cancelled; the index entries of finished jobs are
+// removed on the way. Two kick-offs of one client at the same instant may
+// both pass: the cap is a share, not a hard limit.
+func (e *Engine) checkShare(ctx context.Context, owner string) error {
+	limit := e.set.MaxActivePerOwner
+	if owner == "" || limit <= 0 {
+		return nil
+	}
+	ids, err := e.store.OwnerJobs(ctx, owner)
+	if err != nil {
+		return fmt.Errorf("count the client's jobs: %w", err)
+	}
+	active := 0
+	for _, id := range ids {
+		unfinished, err := e.unfinished(ctx, id)
+		if err != nil {
+			return fmt.Errorf("count the client's jobs: %w", err)
+		}
+		if !unfinished {
+			if err := e.store.RemoveOwnerJob(ctx, owner, id); err != nil {
+				zerolog.Ctx(ctx).Warn().Err(err).Str("job", id).Msg("could not remove a finished job from the owner index")
+			}
+			continue
+		}
+		if active++; active >= limit {
+			// A job takes minutes: a minute is a fair first wait.
+			return &fault.Error{Kind: fault.Limited, RetryAfter: time.Minute,
+				Msg: fmt.Sprintf("this client already has %d unfinished exports, the most it may have at once; "+
+					"wait for one to complete or cancel one, then try again", limit)}
+		}
+	}
+	return nil
+}
+
+// unfinished reports whether a job exists, is not cancelled and has not yet
+// completed or failed.
+func (e *Engine) unfinished(ctx context.Context, jobID string) (bool, error) {
+	job, err := e.store.GetJob(ctx, jobID)
+	if fault.Is(err, fault.NotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if job.State == JobCancelled {
+		return false, nil
+	}
+	items, err := e.store.ListItems(ctx, jobID)
+	if err != nil {
+		return false, err
+	}
+	return deriveStatus(job, items).Phase == InProgress, nil
+}
+
+// Cancel stops a job of owner: later status requests answer not found,
+// workers stop at their next checkpoint, and the job's files are deleted.
+func (e *Engine) Cancel(ctx context.Context, jobID, owner string) error {
 	for {
-		job, err := e.activeJob(ctx, jobID)
+		job, err := e.activeJob(ctx, jobID, owner)
 		if err != nil {
 			return err
 		}
@@ -128,14 +198,16 @@ func (e *Engine) Cancel(ctx context.Context, jobID string) error {
 	if err := e.blobs.DeletePrefix(ctx, job.Request.Container, jobID+"/"); err != nil {
 		// The workers delete their own files when they see the cancel; this is
 		// not the client's problem.
-		zerolog.Ctx(ctx).Warn().Err(err).Str("job", jobID).Msg("deleting files of a cancelled job failed")
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("deleting files of a cancelled job failed")
 	}
-	zerolog.Ctx(ctx).Info().Str("job", jobID).Msg("export cancelled")
+	zerolog.Ctx(ctx).Info().Msg("export cancelled")
 	return nil
 }
 
-// activeJob reads a job that exists and is not cancelled.
-func (e *Engine) activeJob(ctx context.Context, jobID string) (*Job, error) {
+// activeJob reads a job of owner that exists and is not cancelled. Another
+// client's job is answered exactly as an unknown one, so that nobody learns
+// which ids exist.
+func (e *Engine) activeJob(ctx context.Context, jobID, owner string) (*Job, error) {
 	if !ValidJobID(jobID) {
 		return nil, fault.New(fault.NotFound, "there is no export job %q", jobID)
 	}
@@ -146,15 +218,20 @@ func (e *Engine) activeJob(ctx context.Context, jobID string) (*Job, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read job %s: %w", jobID, err)
 	}
+	if job.Request.Owner != owner {
+		zerolog.Ctx(ctx).Warn().Msg("a client asked for another client's job")
+		return nil, fault.New(fault.NotFound, "there is no export job %q", jobID)
+	}
 	if job.State == JobCancelled {
 		return nil, fault.New(fault.NotFound, "export job %s was cancelled", jobID)
 	}
 	return job, nil
 }
 
-// OpenFile opens one file of a completed job's manifest for download.
-func (e *Engine) OpenFile(ctx context.Context, jobID, name string) (io.ReadCloser, int64, error) {
-	st, err := e.Status(ctx, jobID)
+// OpenFile opens one file of the manifest of owner's completed job for
+// download.
+func (e *Engine) OpenFile(ctx context.Context, jobID, owner, name string) (io.ReadCloser, int64, error) {
+	st, err := e.Status(ctx, jobID, owner)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -32,6 +32,10 @@ type Request struct {
 	OutputFormat string       `json:"outputFormat"`
 	RequestURL   string       `json:"request"`            // the kick-off URL, for the manifest
 	Warnings     []string     `json:"warnings,omitempty"` // ignored parameters under handling=lenient
+	// Owner is the key of the client that started the job (the HTTP API sets
+	// auth.Principal.OwnerKey()). Only that client sees the job: Status,
+	// Cancel and OpenFile answer fault.NotFound to any other.
+	Owner string `json:"owner,omitempty"`
 }
 
 // JobState is what the job entity itself records. The status a client sees is

@@ -23,7 +23,14 @@ func TestValidJobIDAcceptsExactlyNewJobIDs(t *testing.T) {
 			t.Errorf("ValidJobID(%q) = false for an id newJobID made", id)
 		}
 	}
-	for _, id := range []string{"", "job-1", "0190000000000000000000000001a", "019000000000000000000000000", "019000000000000000000000000A", "0190000000000000000000000/01"} {
+	now := time.Now()
+	a, b := newJobID(now), newJobID(now)
+	if len(a) != 44 || a[12:] == b[12:] {
+		t.Errorf("two ids of one instant: %q and %q; want 12 hex digits of time and 32 random ones each", a, b)
+	}
+	for _, id := range []string{"", "job-1", "0190000000000000000000000001a",
+		"0190000000000000000000000001", // the 64-bit form of earlier versions
+		"019000000000000000000000000000000000000000001", "019000000000000000000000000000000000000000A1", "019000000000000000000000000", "019000000000000000000000000A", "0190000000000000000000000/01"} {
 		if ValidJobID(id) {
 			t.Errorf("ValidJobID(%q) = true", id)
 		}

@@ -26,6 +26,15 @@ type Store interface {
 	// patient ids (overwriting it); GetMembers reads it back.
 	PutMembers(ctx context.Context, jobID string, index int, ids []string) error
 	GetMembers(ctx context.Context, jobID string, index int) ([]string, error)
+
+	// The owner index lists the jobs of each client (Request.Owner), so that
+	// a kick-off can count the client's unfinished jobs without scanning
+	// every job. The engine adds a job before creating it and removes it once
+	// it has seen it finished, so the index stays about as small as the cap.
+	// owner must pass CheckKey.
+	AddOwnerJob(ctx context.Context, owner, jobID string) error    // adding it again is not an error
+	OwnerJobs(ctx context.Context, owner string) ([]string, error) // job ids ordered by id (oldest first)
+	RemoveOwnerJob(ctx context.Context, owner, jobID string) error // a missing entry is not an error
 }
 
 // CheckKey rejects a job or item id that a Store cannot hold as a key (the
@@ -65,6 +74,10 @@ type Blobs interface {
 	Delete(ctx context.Context, container, blob string) error // a missing blob is not an error
 	DeletePrefix(ctx context.Context, container, prefix string) error
 	Open(ctx context.Context, container, blob string) (io.ReadCloser, int64, error) // fault.NotFound
+	// ReadURL returns a URL that lets whoever holds it read this one blob,
+	// and nothing else, until ttl has passed (EXPORT_DOWNLOADS=sas). It does
+	// not check that the blob exists.
+	ReadURL(ctx context.Context, container, blob string, ttl time.Duration) (string, error)
 }
 
 // MaxBlocksPerBlob is the most committed blocks a blob can hold (Azure's

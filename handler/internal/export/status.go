@@ -15,8 +15,11 @@ import (
 // item failed, complete when the plan and every item it created are done,
 // in progress otherwise. Nothing else is consulted, so the answer is the same
 // after any process restarts.
-func (e *Engine) Status(ctx context.Context, jobID string) (*Status, error) {
-	job, err := e.activeJob(ctx, jobID)
+//
+// Only owner (Request.Owner) sees the job: for anyone else it is
+// fault.NotFound, as an unknown job is.
+func (e *Engine) Status(ctx context.Context, jobID, owner string) (*Status, error) {
+	job, err := e.activeJob(ctx, jobID, owner)
 	if err != nil {
 		return nil, err
 	}
@@ -56,11 +59,11 @@ func (e *Engine) RestartStalled(ctx context.Context, jobID string) (int, error) 
 			continue // someone else touched it: not stalled, or already restarted
 		}
 		if err := e.queue.Enqueue(ctx, Message{Job: it.JobID, Item: it.ID}); err != nil {
-			zerolog.Ctx(ctx).Warn().Err(err).Str("job", it.JobID).Str("workItem", it.ID).Msg("could not enqueue a stalled work item again")
+			zerolog.Ctx(ctx).Warn().Err(err).Str("workItem", it.ID).Msg("could not enqueue a stalled work item again")
 			continue
 		}
 		restarted++
-		zerolog.Ctx(ctx).Warn().Str("job", it.JobID).Str("workItem", it.ID).Time("lastChange", it.UpdatedAt).
+		zerolog.Ctx(ctx).Warn().Str("workItem", it.ID).Time("lastChange", it.UpdatedAt).
 			Msg("work item made no progress and had no owner; enqueued again")
 	}
 	return restarted, nil

@@ -38,6 +38,9 @@ const (
 	// WWW-Authenticate challenge. A valid token that may not do what it asks
 	// for is Forbidden instead.
 	Unauthenticated
+	// Limited is a request refused because its client already uses its share
+	// (EXPORT_MAX_ACTIVE_JOBS_PER_CLIENT): 429 with Retry-After.
+	Limited
 )
 
 func (k Kind) String() string {
@@ -60,6 +63,8 @@ func (k Kind) String() string {
 		return "unavailable"
 	case Unauthenticated:
 		return "unauthenticated"
+	case Limited:
+		return "limited"
 	default:
 		return "internal"
 	}

@@ -10,7 +10,7 @@ import (
 // the same kind, or the status answer would change class after a restart.
 func TestParseKindReadsBackEveryKind(t *testing.T) {
 	kinds := []fault.Kind{fault.Internal, fault.Invalid, fault.NotFound, fault.Conflict, fault.Transient,
-		fault.Permanent, fault.Forbidden, fault.Cancelled, fault.Unavailable, fault.Unauthenticated}
+		fault.Permanent, fault.Forbidden, fault.Cancelled, fault.Unavailable, fault.Unauthenticated, fault.Limited}
 	for _, k := range kinds {
 		got, ok := fault.ParseKind(k.String())
 		if !ok || got != k {

@@ -167,6 +167,11 @@ func sameOriginRedirects(base *url.URL, next func(*http.Request, []*http.Request
 			return fault.New(fault.Permanent, "the source FHIR server redirected to %s, outside its origin %s; the redirect is not followed so that the access token is never sent elsewhere",
 				originOf(req.URL), originOf(base))
 		}
+		if !underBasePath(req.URL, base) {
+			// Same origin, another application: as for next links.
+			return fault.New(fault.Permanent, "the source FHIR server redirected outside its base path %s; the redirect is not followed",
+				strings.TrimRight(base.Path, "/"))
+		}
 		if next != nil {
 			return next(req, via)
 		}
@@ -253,7 +258,8 @@ func (c *Client) Read(ctx context.Context, resourceType, id string) ([]byte, err
 	if !typePattern.MatchString(resourceType) {
 		return nil, fault.New(fault.Invalid, "%q is not a FHIR resource type", resourceType)
 	}
-	if !idPattern.MatchString(id) {
+	if !idPattern.MatchString(id) || strings.Trim(id, ".") == "" {
+		// An id of dots would be a path segment: /Group/.. is the base.
 		return nil, fault.New(fault.Invalid, "%q is not a valid FHIR id", id)
 	}
 	var body []byte

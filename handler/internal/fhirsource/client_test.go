@@ -443,6 +443,10 @@ func TestRedirectsStayAtTheSource(t *testing.T) {
 			http.Redirect(w, r, foreign.URL+"/metadata", http.StatusFound)
 		case "/fhir/Patient/moved":
 			http.Redirect(w, r, "/fhir/Patient/p1", http.StatusMovedPermanently)
+		case "/fhir/Patient/away":
+			http.Redirect(w, r, "/admin/secret", http.StatusFound)
+		case "/admin/secret":
+			t.Errorf("a redirect outside the base path was followed")
 		case "/fhir/Patient/p1":
 			if r.Header.Get("Authorization") != "Bearer secret-token" {
 				t.Errorf("same-origin redirect lost the token")
@@ -455,6 +459,9 @@ func TestRedirectsStayAtTheSource(t *testing.T) {
 	})
 	if _, err := c.Read(context.Background(), "Patient", "moved"); err != nil {
 		t.Errorf("same-origin redirect: %v", err)
+	}
+	if _, err := c.Read(context.Background(), "Patient", "away"); !fault.Is(err, fault.Permanent) || !strings.Contains(err.Error(), "outside its base path /fhir;") {
+		t.Errorf("redirect to /admin/secret: %v, want a permanent refusal", err)
 	}
 	_, err := c.Now(context.Background())
 	if !fault.Is(err, fault.Permanent) || !strings.Contains(err.Error(), "never sent elsewhere") {

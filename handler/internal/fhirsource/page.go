@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
@@ -18,8 +19,10 @@ import (
 // page).
 //
 // pageURL and the next link must have the origin (scheme, host, port) of the
-// base URL, because requests carry the bearer token; anything else is
-// fault.Permanent. A visit error stops the page and is returned as is.
+// base URL and a path under the base path (see underBase), because requests
+// carry the bearer token and the source host may serve more than FHIR;
+// anything else is fault.Permanent. A visit error stops the page and is
+// returned as is.
 //
 // A failure is retried inside Page only while no entry has been visited.
 // Once visit has run, the caller has acted on part of the page (written
@@ -36,6 +39,9 @@ func (c *Client) Page(ctx context.Context, pageURL string, visit func(export.Ent
 	if !sameOrigin(page, c.base) {
 		return "", fault.New(fault.Permanent, "the page URL points at %s, not at the source FHIR server %s; it is not fetched so that the access token is never sent elsewhere",
 			originOf(page), originOf(c.base))
+	}
+	if !c.underBase(page) {
+		return "", fault.New(fault.Permanent, "the page URL leaves the source's base path %s; it is not fetched", c.basePath())
 	}
 	op := "GET " + page.EscapedPath()
 	var next string
@@ -62,6 +68,29 @@ func (c *Client) Page(ctx context.Context, pageURL string, visit func(export.Ent
 	return next, nil
 }
 
+// basePath is the path of the source's base URL without a trailing slash
+// ("" for a base at the root of its host).
+func (c *Client) basePath() string {
+	return strings.TrimRight(c.base.Path, "/")
+}
+
+// underBase reports whether u (of the base's origin) is the base URL or
+// below it: a same-origin link elsewhere (/admin/secret) may be another
+// application, and a source that hands one out is not followed there. The
+// decoded path is checked, and a dot segment anywhere refuses the link,
+// since a server may undo an encoded "%2e%2e" after this check.
+func (c *Client) underBase(u *url.URL) bool { return underBasePath(u, c.base) }
+
+func underBasePath(u, base *url.URL) bool {
+	for seg := range strings.SplitSeq(u.Path, "/") {
+		if seg == "." || seg == ".." {
+			return false
+		}
+	}
+	b := strings.TrimRight(base.Path, "/")
+	return b == "" || u.Path == b || strings.HasPrefix(u.Path, b+"/")
+}
+
 // resolveNext resolves a next link against the page it came from and checks
 // that it stays at the source.
 func (c *Client) resolveNext(page *url.URL, link string) (string, error) {
@@ -73,6 +102,12 @@ func (c *Client) resolveNext(page *url.URL, link string) (string, error) {
 	if !sameOrigin(u, c.base) {
 		return "", fault.New(fault.Permanent, "the source FHIR server's next link points at %s, not at the source %s; it is not followed so that the access token is never sent elsewhere",
 			originOf(u), originOf(c.base))
+	}
+	if !c.underBase(u) {
+		// The link itself is not repeated: its query may carry a
+		// server's paging secrets, and it points where we never go.
+		return "", fault.New(fault.Permanent, "the source FHIR server's next link leaves its base path %s; it is not followed, so that nothing outside the FHIR API (and no other application on that host) is read or exported",
+			c.basePath())
 	}
 	u.Fragment, u.RawFragment = "", ""
 	next := u.String()

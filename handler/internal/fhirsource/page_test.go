@@ -161,6 +161,29 @@ func TestPageRejects(t *testing.T) {
 			body:     `{"resourceType":"Bundle","link":[{"relation":"next","url":"{https}/fhir/Observation?page=2"}]}`,
 			wantKind: fault.Permanent, wantMsg: "never sent elsewhere",
 		},
+		// Same origin, outside the base path /fhir: another application on
+		// the source's host is never read. The message names the base path,
+		// not the link.
+		{
+			name:     "same-origin next link outside the base path",
+			body:     `{"resourceType":"Bundle","link":[{"relation":"next","url":"{base}/admin/secret?key=k1"}],"entry":[{"resource":` + obs1 + `}]}`,
+			wantKind: fault.Permanent, wantMsg: "leaves its base path /fhir;",
+		},
+		{
+			name:     "relative next link outside the base path",
+			body:     `{"resourceType":"Bundle","link":[{"relation":"next","url":"/admin/secret"}]}`,
+			wantKind: fault.Permanent, wantMsg: "leaves its base path /fhir;",
+		},
+		{
+			name:     "next link to a sibling path sharing the prefix",
+			body:     `{"resourceType":"Bundle","link":[{"relation":"next","url":"{base}/fhir-admin/secret"}]}`,
+			wantKind: fault.Permanent, wantMsg: "leaves its base path /fhir;",
+		},
+		{
+			name:     "next link climbing out with encoded dots",
+			body:     `{"resourceType":"Bundle","link":[{"relation":"next","url":"{base}/fhir/%2e%2e/admin/secret"}]}`,
+			wantKind: fault.Permanent, wantMsg: "leaves its base path /fhir;",
+		},
 		{
 			name:     "next link to the same page",
 			body:     `{"resourceType":"Bundle","link":[{"relation":"next","url":"{base}/fhir/Observation?_count=2"}]}`,
@@ -182,6 +205,9 @@ func TestPageRejects(t *testing.T) {
 			})
 			if !fault.Is(err, tc.wantKind) || !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Fatalf("Page error = %v, want kind %v mentioning %q", err, tc.wantKind, tc.wantMsg)
+			}
+			if strings.Contains(err.Error(), "secret") {
+				t.Errorf("Page error %q repeats the refused link", err)
 			}
 			if visited != tc.wantVisited {
 				t.Errorf("visited %d entries, want %d", visited, tc.wantVisited)

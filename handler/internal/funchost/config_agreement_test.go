@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/azfhir/bulkexport/handler/internal/auth"
 	"github.com/azfhir/bulkexport/handler/internal/config"
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
@@ -175,7 +176,7 @@ func TestHostJSONFitsTheHandler(t *testing.T) {
 		t.Fatalf("%s: functionTimeout: %v", hostJSONFile, err)
 	}
 	cfg, err := config.Load(func(k string) string {
-		return map[string]string{"FHIR_SERVER_URL": "https://fhir.example", "AzureWebJobsStorage": "UseDevelopmentStorage=true"}[k]
+		return map[string]string{"FHIR_SERVER_URL": "https://fhir.example", "AzureWebJobsStorage": "UseDevelopmentStorage=true", "AUTH_MODE": "none"}[k]
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -287,7 +288,7 @@ func TestFunctionBindingsFitTheHandler(t *testing.T) {
 	}
 	cfg, err := config.Load(func(k string) string {
 		return map[string]string{"FHIR_SERVER_URL": "https://fhir.example", "AzureWebJobsStorage": "UseDevelopmentStorage=true",
-			queueSetting: "items-from-the-setting"}[k]
+			"AUTH_MODE": "none", queueSetting: "items-from-the-setting"}[k]
 	})
 	if err != nil || cfg.Queue != "items-from-the-setting" {
 		t.Errorf("with %s=items-from-the-setting the handler's queue is %q (%v): it must enqueue to the queue the trigger polls", queueSetting, cfg.Queue, err)
@@ -350,17 +351,20 @@ func TestLocalSettingsSampleNamesTheWorkQueue(t *testing.T) {
 type routeEngine struct{}
 
 func (routeEngine) KickOff(_ context.Context, req export.Request) (*export.Job, error) {
-	return &export.Job{ID: "0123456789abcdef0123456789ab", Request: req}, nil
+	return &export.Job{ID: "0123456789abcdef0123456789ab0000000000000000", Request: req}, nil
 }
-func (routeEngine) Status(context.Context, string) (*export.Status, error) {
+func (routeEngine) Status(context.Context, string, string) (*export.Status, error) {
 	return nil, fault.New(fault.NotFound, "no such job")
 }
-func (routeEngine) Cancel(context.Context, string) error { return nil }
+func (routeEngine) Cancel(context.Context, string, string) error { return nil }
 func (routeEngine) RestartStalled(context.Context, string) (int, error) {
 	return 0, nil
 }
-func (routeEngine) OpenFile(context.Context, string, string) (io.ReadCloser, int64, error) {
+func (routeEngine) OpenFile(context.Context, string, string, string) (io.ReadCloser, int64, error) {
 	return nil, 0, fault.New(fault.NotFound, "no such file")
+}
+func (routeEngine) FileURL(context.Context, *export.Job, string, time.Duration) (string, error) {
+	return "", fault.New(fault.NotFound, "no such file")
 }
 
 // Every function folder has a route in the handler: the queue function's
@@ -368,7 +372,11 @@ func (routeEngine) OpenFile(context.Context, string, string) (io.ReadCloser, int
 // function reaches an httpapi route (not the mux's 404).
 func TestEveryFunctionHasARouteInTheHandler(t *testing.T) {
 	proc := &fakeProcessor{}
-	h := New(httpapi.New(routeEngine{}, httpapi.Options{DefaultContainer: "bulk-export"}), proc, maxDequeue, nil)
+	none, err := auth.New(auth.Config{Mode: auth.ModeNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(httpapi.New(routeEngine{}, httpapi.Options{DefaultContainer: "bulk-export", Auth: none}), proc, maxDequeue, nil)
 	serve := func(method, target, body string) *httptest.ResponseRecorder {
 		req := httptest.NewRequest(method, target, strings.NewReader(body))
 		req.Header.Set("Accept", "application/fhir+json")
@@ -387,7 +395,7 @@ func TestEveryFunctionHasARouteInTheHandler(t *testing.T) {
 	}{
 		"get":    {"/metadata", "", http.StatusOK},
 		"post":   {"/$export", `{"resourceType":"Parameters"}`, http.StatusAccepted},
-		"delete": {"/jobs/0123456789abcdef0123456789ab", "", http.StatusAccepted},
+		"delete": {"/jobs/0123456789abcdef0123456789ab0000000000000000", "", http.StatusAccepted},
 	}
 	for _, fn := range readFunctions(t) {
 		b := fn.Bindings[0]
@@ -395,7 +403,7 @@ func TestEveryFunctionHasARouteInTheHandler(t *testing.T) {
 		case "queueTrigger":
 			before := len(proc.calls)
 			payload, _ := json.Marshal(map[string]any{
-				"Data":     map[string]any{b.Name: `"{\"job\":\"0123456789abcdef0123456789ab\",\"item\":\"plan\"}"`},
+				"Data":     map[string]any{b.Name: `"{\"job\":\"0123456789abcdef0123456789ab0000000000000000\",\"item\":\"plan\"}"`},
 				"Metadata": map[string]any{"DequeueCount": "1"},
 			})
 			rec := serve(http.MethodPost, "/"+fn.Name, string(payload))

@@ -50,10 +50,33 @@ func New(api http.Handler, engine Processor, maxDequeueCount int, stop <-chan st
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodPost && r.URL.Path == "/"+WorkerFunction {
+		if name, ok := forwardedHeader(r.Header); ok {
+			// The host posts invocations itself; a request that went
+			// through its front end (which adds X-Forwarded-*) is a
+			// client's, whatever its path. The HTTP route's constraint
+			// should never let one get here; if one does, it is not
+			// obeyed: the API answers it as the unknown path it is (404).
+			zerolog.Ctx(r.Context()).Warn().Str("header", name).Str("path", r.URL.EscapedPath()).
+				Msg("refused a forwarded request on the worker path")
+			h.api.ServeHTTP(w, r)
+			return
+		}
 		h.invoke(w, r)
 		return
 	}
 	h.api.ServeHTTP(w, r)
+}
+
+// forwardedHeader returns the name of the first X-Forwarded-* header (or
+// Forwarded) in h: what a proxy adds to a client's request and the host
+// never sets on its own invocations.
+func forwardedHeader(h http.Header) (string, bool) {
+	for k := range h {
+		if strings.HasPrefix(http.CanonicalHeaderKey(k), "X-Forwarded-") || http.CanonicalHeaderKey(k) == "Forwarded" {
+			return k, true
+		}
+	}
+	return "", false
 }
 
 // invocation is the host's payload for a queue trigger.
@@ -80,7 +103,8 @@ func (h *Handler) invoke(w http.ResponseWriter, r *http.Request) {
 		// A payload we cannot read will not get better: answer success so the
 		// host does not retry it, and say so loudly.
 		log.Error().Err(err).Msg("dropping an invocation whose payload cannot be decoded")
-		reply(w, http.StatusOK, []string{"error: " + err.Error()})
+		// The reply's Logs reach the host's logs: no decoder text.
+		reply(w, http.StatusOK, []string{"error: the invocation payload cannot be decoded as a work item message; dropped (the handler's log has why)"})
 		return
 	}
 	final := dequeueCount >= h.maxDequeueCount

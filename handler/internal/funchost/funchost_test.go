@@ -264,6 +264,41 @@ func TestUndecodablePayloadsAnswerSuccess(t *testing.T) {
 	}
 }
 
+// A POST /ExportWorker that came through the host's front end (it carries
+// X-Forwarded-*) is a client's request, not an invocation: the engine never
+// sees it, and the API answers it.
+func TestForwardedWorkerRequestsAreRefused(t *testing.T) {
+	for _, header := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "x-forwarded-port", "Forwarded"} {
+		t.Run(header, func(t *testing.T) {
+			api, proc := &apiRecorder{}, &fakeProcessor{}
+			req := httptest.NewRequest(http.MethodPost, "/"+WorkerFunction, bytes.NewReader(fixture(t, "queue-workitem.json")))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("X-Azure-Functions-InvocationId", "inv-forged")
+			req.Header[header] = []string{"203.0.113.7"}
+			rec := httptest.NewRecorder()
+			New(api, proc, maxDequeue, nil).ServeHTTP(rec, req)
+			if len(proc.calls) != 0 {
+				t.Errorf("a forwarded request ran a work item: %+v", proc.messages)
+			}
+			if len(api.seen) != 1 || rec.Code != http.StatusTeapot {
+				t.Errorf("the API did not answer it: %d calls, status %d", len(api.seen), rec.Code)
+			}
+		})
+	}
+}
+
+// An undecodable payload's reply names no decoder text (the host keeps
+// Logs in its own logs).
+func TestUndecodablePayloadReplyHasNoErrorText(t *testing.T) {
+	rec := invoke(t, New(&apiRecorder{}, &fakeProcessor{}, maxDequeue, nil), []byte(`{"Data":{"workItem":[1,2]}}`), "inv-4")
+	checkResult(t, rec, http.StatusOK)
+	for _, leak := range []string{"Go ", "export.Message", "json:", "unmarshal"} {
+		if strings.Contains(rec.Body.String(), leak) {
+			t.Errorf("reply %s carries %q", rec.Body, leak)
+		}
+	}
+}
+
 // Final is true exactly when DequeueCount >= maxDequeueCount.
 func TestFinalAttemptFollowsMaxDequeueCount(t *testing.T) {
 	var base map[string]map[string]any

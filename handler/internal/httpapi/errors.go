@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/azfhir/bulkexport/handler/internal/auth"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 	"github.com/azfhir/bulkexport/handler/internal/fhir"
 )
@@ -64,8 +65,12 @@ func statusOf(err error) (status int, code string, retry bool) {
 	case fault.Cancelled:
 		// A cancelled job is gone as far as the client is concerned.
 		status, code = http.StatusNotFound, "not-found"
+	case fault.Unauthenticated:
+		status, code = http.StatusUnauthorized, "login"
 	case fault.Forbidden:
 		status = http.StatusForbidden
+	case fault.Limited:
+		status, code = http.StatusTooManyRequests, "throttled"
 	case fault.Conflict:
 		status = http.StatusConflict
 	case fault.Transient, fault.Unavailable:
@@ -99,7 +104,8 @@ func statusOf(err error) (status int, code string, retry bool) {
 }
 
 // writeError answers err with an OperationOutcome and the status of its kind.
-// Every error answer of the API goes through here.
+// Every error answer of the API goes through here, so it is also the one
+// place that keeps SDK text, storage URLs and Go type names out of answers.
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, code, retry := statusOf(err)
 	stateOf(r.Context()).err = err
@@ -111,7 +117,22 @@ func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		d := max(s.retryAfter, fault.RetryAfter(err))
 		w.Header().Set("Retry-After", retrySeconds(d))
 	}
-	writeOutcome(w, status, fhir.NewOutcome("error", code, err.Error()))
+	switch status {
+	case http.StatusUnauthorized:
+		// RFC 6750: a 401 names the scheme, and says invalid_token when one came.
+		challenge := auth.Challenge(err)
+		if challenge == "" {
+			challenge = "Bearer"
+		}
+		w.Header().Set("WWW-Authenticate", challenge)
+	case http.StatusTooManyRequests:
+		// Not clamped like a poll interval: a client at its cap waits for
+		// one of its jobs to finish, which takes minutes.
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(fault.RetryAfter(err).Seconds())))))
+	}
+	// The diagnostics are publicMessage's; the whole error goes to the
+	// request's log line (reqState.err).
+	writeOutcome(w, status, fhir.NewOutcome("error", code, publicMessage(err)))
 }
 
 // writeOutcome writes an OperationOutcome as application/fhir+json.

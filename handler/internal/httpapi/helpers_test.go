@@ -16,6 +16,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/azfhir/bulkexport/handler/internal/auth"
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 	"github.com/azfhir/bulkexport/handler/internal/httpapi"
@@ -36,6 +37,13 @@ type fakeEngine struct {
 	opened    []string
 	restarted []string // jobs the stalled-item watchdog was run for
 	panicMsg  string   // panic in every method when set
+	owners    []string // the owner argument of every Status, Cancel and OpenFile
+}
+
+func (e *fakeEngine) owner(o string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.owners = append(e.owners, o)
 }
 
 func (e *fakeEngine) KickOff(ctx context.Context, req export.Request) (*export.Job, error) {
@@ -49,13 +57,14 @@ func (e *fakeEngine) KickOff(ctx context.Context, req export.Request) (*export.J
 	}
 	id := e.jobID
 	if id == "" {
-		id = "0190000000000000000000000001"
+		id = "01900000000000000000000000010000000000000000"
 	}
 	return &export.Job{ID: id, Request: req}, nil
 }
 
-func (e *fakeEngine) Status(ctx context.Context, jobID string) (*export.Status, error) {
+func (e *fakeEngine) Status(ctx context.Context, jobID, owner string) (*export.Status, error) {
 	e.maybePanic()
+	e.owner(owner)
 	zerolog.Ctx(ctx).Info().Msg("engine status")
 	if e.statusErr != nil {
 		return nil, e.statusErr
@@ -74,8 +83,9 @@ func (e *fakeEngine) RestartStalled(ctx context.Context, jobID string) (int, err
 	return 0, nil
 }
 
-func (e *fakeEngine) Cancel(ctx context.Context, jobID string) error {
+func (e *fakeEngine) Cancel(ctx context.Context, jobID, owner string) error {
 	e.maybePanic()
+	e.owner(owner)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.cancelErr != nil {
@@ -85,8 +95,9 @@ func (e *fakeEngine) Cancel(ctx context.Context, jobID string) error {
 	return nil
 }
 
-func (e *fakeEngine) OpenFile(ctx context.Context, jobID, name string) (io.ReadCloser, int64, error) {
+func (e *fakeEngine) OpenFile(ctx context.Context, jobID, owner, name string) (io.ReadCloser, int64, error) {
 	e.maybePanic()
+	e.owner(owner)
 	e.mu.Lock()
 	e.opened = append(e.opened, jobID+"/"+name)
 	e.mu.Unlock()
@@ -147,6 +158,20 @@ func (b *syncBuffer) lines(t *testing.T) []map[string]any {
 	return out
 }
 
+// noAuth is AUTH_MODE=none; anonymousOwner is the owner key of its one
+// client, which owns every job the API starts with it.
+var noAuth, anonymousOwner = func() (*auth.Verifier, string) {
+	v, err := auth.New(auth.Config{Mode: auth.ModeNone})
+	if err != nil {
+		panic(err)
+	}
+	p, err := v.Authenticate(context.Background(), "")
+	if err != nil {
+		panic(err)
+	}
+	return v, p.OwnerKey()
+}()
+
 type bundle struct {
 	engine  *fakeEngine
 	handler http.Handler
@@ -164,6 +189,7 @@ func setup(t *testing.T, mod ...func(*httpapi.Options)) *bundle {
 		Retention:        24 * time.Hour,
 		Logger:           zerolog.New(logs),
 		SoftwareVersion:  "1.2.3",
+		Auth:             noAuth,
 	}
 	for _, m := range mod {
 		m(&opts)

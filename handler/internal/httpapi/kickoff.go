@@ -17,6 +17,9 @@ import (
 // /Group/{id}/$export: it validates the request, starts the job and answers
 // 202 with the absolute polling URL in Content-Location.
 func (s *server) kickOff(w http.ResponseWriter, r *http.Request, rt route) error {
+	if n := len(r.URL.RawQuery); n > maxQueryBytes {
+		return queryTooLong(n)
+	}
 	if err := checkAccept(r.Header.Values("Accept")); err != nil {
 		return err
 	}
@@ -25,7 +28,7 @@ func (s *server) kickOff(w http.ResponseWriter, r *http.Request, rt route) error
 	// server assume it, and refusing would only break lax clients.
 	lenient := preferLenient(r.Header.Values("Prefer"))
 	if rt.level == export.LevelGroup && !validFHIRID(rt.groupID) {
-		return invalid("value", "Group id %q is not a valid FHIR id (1-64 characters of A-Z, a-z, 0-9, '-' and '.')", rt.groupID)
+		return invalid("value", "Group id %q is not a valid FHIR id (1-64 characters of A-Z, a-z, 0-9, '-' and '.', not only dots)", clip(rt.groupID))
 	}
 	params, err := queryParams(r.URL.RawQuery)
 	if err != nil {
@@ -42,6 +45,11 @@ func (s *server) kickOff(w http.ResponseWriter, r *http.Request, rt route) error
 	if err != nil {
 		return err
 	}
+	stateOf(r.Context()).types = req.Types // what was asked, if refused
+	if err := authorize(r, &req); err != nil {
+		return err
+	}
+	stateOf(r.Context()).types = req.Types // what will be exported
 	base := s.baseURL(r)
 	req.RequestURL = base + rt.path
 	if r.URL.RawQuery != "" {
@@ -58,6 +66,38 @@ func (s *server) kickOff(w http.ResponseWriter, r *http.Request, rt route) error
 	stateOf(r.Context()).job = job.ID
 	w.Header().Set("Content-Location", base+"/jobs/"+url.PathEscape(job.ID))
 	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// authorize checks that the caller may export what req asks for, and makes
+// the caller the job's owner. A token with SMART type scopes (and not the
+// app role) may name only those types in _type and _typeFilter (403
+// otherwise); without _type it exports just those types, as far as the
+// export level has them.
+func authorize(r *http.Request, req *export.Request) error {
+	st := stateOf(r.Context())
+	if st.owner == "" {
+		return fault.New(fault.Internal, "kick-off without an authenticated caller")
+	}
+	p := st.principal
+	named := slices.Clone(req.Types)
+	for _, f := range req.TypeFilters {
+		named = append(named, f.Type)
+	}
+	if err := p.CanExport(named); err != nil {
+		return err
+	}
+	if all, allowed := p.AllowedTypes(); !all && len(req.Types) == 0 {
+		for _, t := range allowed {
+			if checkType("scope", t, req.Level) == nil {
+				req.Types = append(req.Types, t)
+			}
+		}
+		if len(req.Types) == 0 {
+			return fault.New(fault.Forbidden, "the access token's scopes cover no type a %s-level export can hold", req.Level)
+		}
+	}
+	req.Owner = st.owner
 	return nil
 }
 
@@ -90,7 +130,7 @@ func checkAccept(lines []string) error {
 	if len(seen) == 0 {
 		return nil
 	}
-	return invalid("not-supported", "Accept header %q: the kick-off answers only application/fhir+json", strings.Join(lines, ", "))
+	return invalid("not-supported", "Accept header %q: the kick-off answers only application/fhir+json", clip(strings.Join(lines, ", ")))
 }
 
 // qValue returns the q parameter of a media range's parameters (1 when absent).
@@ -161,9 +201,9 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 			name = "(empty name)"
 		}
 		if !lenient {
-			return req, invalid("not-supported", "parameter %s is not supported (send Prefer: handling=lenient to have it ignored)", name)
+			return req, invalid("not-supported", "parameter %s is not supported (send Prefer: handling=lenient to have it ignored)", clip(name))
 		}
-		w := "parameter " + name + " is not supported and was ignored"
+		w := "parameter " + clip(name) + " is not supported and was ignored"
 		if !slices.Contains(req.Warnings, w) {
 			req.Warnings = append(req.Warnings, w)
 		}
@@ -187,7 +227,7 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 			return req, invalid("value", "_since: %v", err)
 		}
 		if t.After(s.now()) {
-			return req, invalid("value", "_since %s is in the future", v)
+			return req, invalid("value", "_since %s is in the future", clip(v))
 		}
 		t = t.UTC()
 		req.Since = &t
@@ -223,7 +263,13 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 		return req, err
 	} else if ok {
 		if !export.ValidContainerName(v) {
-			return req, invalid("value", "_container %q is not a valid blob container name (3-63 characters: lowercase letters, digits and single hyphens, starting and ending with a letter or digit)", v)
+			return req, invalid("value", "_container %q is not a valid blob container name (3-63 characters: lowercase letters, digits and single hyphens, starting and ending with a letter or digit)", clip(v))
+		}
+		// Only the operator's destinations (EXPORT_CONTAINERS): anything
+		// else could put PHI next to the host's keys or outside the export
+		// account's retention rule. Refused here, before any side effect.
+		if !slices.Contains(s.containers, v) {
+			return req, invalid("value", "_container %q is not a destination this server exports to; leave it out to use the default, or ask the operator to add it to EXPORT_CONTAINERS", v)
 		}
 		req.Container = v
 	}
@@ -260,7 +306,7 @@ func outputFormat(v string) (string, error) {
 	case "application/fhir+ndjson", "application/fhir ndjson", "application/ndjson", "ndjson":
 		return "application/fhir+ndjson", nil
 	}
-	return "", invalid("not-supported", "_outputFormat %q is not supported; use application/fhir+ndjson, application/ndjson or ndjson", v)
+	return "", invalid("not-supported", "_outputFormat %q is not supported; use application/fhir+ndjson, application/ndjson or ndjson", clip(v))
 }
 
 // checkType validates one resource type named by parameter param: an R4
@@ -268,7 +314,7 @@ func outputFormat(v string) (string, error) {
 // Patient compartment (the IG says a server SHOULD refuse the others).
 func checkType(param, t string, level export.Level) error {
 	if !fhir.IsResourceType(t) {
-		return invalid("value", "%s: %q is not a FHIR R4 resource type", param, t)
+		return invalid("value", "%s: %q is not a FHIR R4 resource type", param, clip(t))
 	}
 	if !fhir.IsExportable(t) {
 		return invalid("not-supported", "%s: %s resources cannot be exported", param, t)
@@ -286,4 +332,8 @@ var (
 	fileNamePattern = regexp.MustCompile(`^(?:[A-Za-z]+|OperationOutcome)-[0-9]+\.ndjson$`)
 )
 
-func validFHIRID(id string) bool { return fhirIDPattern.MatchString(id) }
+// validFHIRID accepts a FHIR id, except one made only of dots: "." and ".."
+// are path segments, and the source would read /Group/.. as its base URL.
+func validFHIRID(id string) bool {
+	return fhirIDPattern.MatchString(id) && strings.Trim(id, ".") != ""
+}

@@ -147,15 +147,16 @@ func TestKickOffEngineErrors(t *testing.T) {
 		want       int
 		code       string
 		retryAfter string
+		fixed      string // the diagnostics for the service's own trouble, which hide the cause
 	}{
-		{fault.New(fault.Invalid, "type Foo not allowed"), 400, "invalid", ""},
-		{fault.New(fault.NotFound, "Group g1 not found on the source"), 404, "not-found", ""},
-		{fault.New(fault.Forbidden, "storage refuses us"), 403, "forbidden", ""},
-		{fault.New(fault.Conflict, "lost a race"), 409, "conflict", ""},
-		{fault.New(fault.Unavailable, "source unreachable"), 503, "transient", "2"},
-		{&fault.Error{Kind: fault.Transient, Msg: "throttled", RetryAfter: 30 * time.Second}, 503, "transient", "5"},
-		{fault.New(fault.Permanent, "source rejects the search"), 500, "exception", ""},
-		{fault.New(fault.Internal, "bug"), 500, "exception", ""},
+		{fault.New(fault.Invalid, "type Foo not allowed"), 400, "invalid", "", ""},
+		{fault.New(fault.NotFound, "Group g1 not found on the source"), 404, "not-found", "", ""},
+		{fault.New(fault.Forbidden, "storage refuses us"), 403, "forbidden", "", ""},
+		{fault.New(fault.Conflict, "lost a race"), 409, "conflict", "", "conflicted"},
+		{fault.New(fault.Unavailable, "source unreachable"), 503, "transient", "2", "unavailable"},
+		{&fault.Error{Kind: fault.Transient, Msg: "throttled", RetryAfter: 30 * time.Second}, 503, "transient", "5", "unavailable"},
+		{fault.New(fault.Permanent, "source rejects the search"), 500, "exception", "", ""},
+		{fault.New(fault.Internal, "bug"), 500, "exception", "", "internal error"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.err.Error(), func(t *testing.T) {
@@ -167,7 +168,10 @@ func TestKickOffEngineErrors(t *testing.T) {
 			if code != tc.code {
 				t.Errorf("code = %q, want %q", code, tc.code)
 			}
-			if !strings.Contains(diag, tc.err.Error()) {
+			switch {
+			case tc.fixed != "" && (strings.Contains(diag, tc.err.Error()) || !strings.Contains(diag, tc.fixed)):
+				t.Errorf("diagnostics %q: want the fixed text about %q, not the cause %q", diag, tc.fixed, tc.err)
+			case tc.fixed == "" && !strings.Contains(diag, tc.err.Error()):
 				t.Errorf("diagnostics %q lack the cause %q", diag, tc.err)
 			}
 			if got := rec.Header().Get("Retry-After"); got != tc.retryAfter {
@@ -180,7 +184,7 @@ func TestKickOffEngineErrors(t *testing.T) {
 func TestKickOffRequest(t *testing.T) {
 	t.Parallel()
 	since := time.Date(2019, 12, 31, 23, 0, 0, 0, time.UTC) // 2020-01-01T00:00:00+01:00
-	base := export.Request{Level: export.LevelSystem, Container: defaultContainer, OutputFormat: "application/fhir+ndjson"}
+	base := export.Request{Level: export.LevelSystem, Container: defaultContainer, OutputFormat: "application/fhir+ndjson", Owner: anonymousOwner}
 	with := func(f func(*export.Request)) export.Request {
 		r := base
 		f(&r)
@@ -264,6 +268,7 @@ func TestKickOffRequest(t *testing.T) {
 				r.RequestURL = "http://example.com/Patient/$export?_typeFilter=Observation%3Fcode%3Dhttp%3A%2F%2Floinc.org%7C1234-5%26date%3Dgt2020-01-01T00%3A00%3A00%252B01%3A00%26code%3Ain%3Dhttp%3A%2F%2Fvs"
 			})},
 		{name: "_container", target: "/$export?_container=my-exports-2",
+			opts: func(o *httpapi.Options) { o.Containers = []string{defaultContainer, "my-exports-2"} },
 			want: with(func(r *export.Request) {
 				r.Container = "my-exports-2"
 				r.RequestURL = "http://example.com/$export?_container=my-exports-2"
@@ -295,6 +300,7 @@ func TestKickOffRequest(t *testing.T) {
 			want: with(func(r *export.Request) { r.RequestURL = "http://example.com/$export" })},
 		{name: "X-Forwarded-Proto and -Host", target: "/$export?_type=Patient",
 			header: hdr("X-Forwarded-Proto", "https", "X-Forwarded-Host", "fhir.example.org, inner.local"),
+			opts:   trustForwarded,
 			want: with(func(r *export.Request) {
 				r.Types = []string{"Patient"}
 				r.RequestURL = "https://fhir.example.org/$export?_type=Patient"
@@ -324,6 +330,7 @@ func TestKickOffRequest(t *testing.T) {
 			})},
 		{name: "POST fhir+json with other value types", method: "POST", target: "/$export",
 			header: hdr("Content-Type", "application/fhir+json; charset=utf-8"),
+			opts:   func(o *httpapi.Options) { o.Containers = []string{defaultContainer, "abc"} },
 			body: params(`{"name":"_outputFormat","valueCode":"application/fhir+ndjson"},` +
 				`{"name":"_since","valueDateTime":"2020-01-01T00:00:00+01:00"},` +
 				`{"name":"_container","valueString":"abc"},` +
@@ -380,8 +387,9 @@ func TestKickOffResponse(t *testing.T) {
 		want   string
 	}{
 		{name: "from Host", want: "http://example.com/jobs/j%2F1"},
-		{name: "from X-Forwarded", header: hdr("X-Forwarded-Proto", "HTTPS", "X-Forwarded-Host", "bulk.example.org:8443"), want: "https://bulk.example.org:8443/jobs/j%2F1"},
-		{name: "forged X-Forwarded-Host ignored", header: hdr("X-Forwarded-Host", "evil.example/x?"), want: "http://example.com/jobs/j%2F1"},
+		{name: "from X-Forwarded", header: hdr("X-Forwarded-Proto", "HTTPS", "X-Forwarded-Host", "bulk.example.org:8443"), opts: trustForwarded, want: "https://bulk.example.org:8443/jobs/j%2F1"},
+		{name: "X-Forwarded ignored without EXPORT_TRUST_FORWARDED", header: hdr("X-Forwarded-Proto", "https", "X-Forwarded-Host", "evil.example"), want: "http://example.com/jobs/j%2F1"},
+		{name: "forged X-Forwarded-Host ignored", header: hdr("X-Forwarded-Host", "evil.example/x?"), opts: trustForwarded, want: "http://example.com/jobs/j%2F1"},
 		{name: "BaseURL wins", header: hdr("X-Forwarded-Host", "other"), opts: func(o *httpapi.Options) { o.BaseURL = "https://x.azurewebsites.net" }, want: "https://x.azurewebsites.net/jobs/j%2F1"},
 	}
 	for _, tc := range tests {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/azfhir/bulkexport/handler/internal/auth"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 )
 
@@ -40,8 +41,21 @@ type (
 	}
 	rest struct {
 		Mode      string      `json:"mode"`
+		Security  security    `json:"security"`
 		Resource  []resource  `json:"resource"`
 		Operation []operation `json:"operation"`
+	}
+	security struct {
+		Service     []codeableConcept `json:"service,omitempty"`
+		Description string            `json:"description"`
+	}
+	codeableConcept struct {
+		Coding []coding `json:"coding"`
+		Text   string   `json:"text,omitempty"`
+	}
+	coding struct {
+		System string `json:"system"`
+		Code   string `json:"code"`
 	}
 	resource struct {
 		Type      string      `json:"type"`
@@ -71,7 +85,8 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) error {
 		FHIRVersion: "4.0.1",
 		Format:      []string{"json"},
 		Rest: []rest{{
-			Mode: "server",
+			Mode:     "server",
+			Security: s.security(),
 			Resource: []resource{
 				{Type: "Patient", Operation: []operation{{Name: "export", Definition: opPatientExport}}},
 				{Type: "Group", Operation: []operation{{Name: "export", Definition: opGroupExport}}},
@@ -85,6 +100,70 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) error {
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/fhir+json; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+	return nil
+}
+
+// security states how callers authenticate (AUTH_MODE), so that a client and
+// an operator can both see from /metadata whether the API is open.
+func (s *server) security() security {
+	mode := auth.ModeNone
+	if s.auth != nil {
+		mode = s.auth.Mode()
+	}
+	if mode == auth.ModeNone {
+		return security{Description: "AUTH_MODE=none: no authentication; every caller is one anonymous client " +
+			"that may export everything. For local use only."}
+	}
+	return security{
+		Service: []codeableConcept{{
+			Coding: []coding{{System: "http://terminology.hl7.org/CodeSystem/restful-security-service", Code: "SMART-on-FHIR"}},
+			Text:   "OAuth2 bearer tokens (SMART Backend Services)",
+		}},
+		Description: "AUTH_MODE=" + string(mode) + ": every request except /metadata and /.well-known/smart-configuration " +
+			"needs a bearer token (client credentials) with the app role or SMART system scopes (system/*.rs, " +
+			"system/<Type>.rs, or the v1 .read forms). Jobs and their files belong to the client that started them.",
+	}
+}
+
+// smartConfig is the SMART App Launch discovery document
+// (.well-known/smart-configuration) for backend services.
+type smartConfig struct {
+	TokenEndpoint            string   `json:"token_endpoint,omitempty"`
+	GrantTypes               []string `json:"grant_types_supported"`
+	TokenEndpointAuthMethods []string `json:"token_endpoint_auth_methods_supported,omitempty"`
+	TokenEndpointSigningAlgs []string `json:"token_endpoint_auth_signing_alg_values_supported,omitempty"`
+	ScopesSupported          []string `json:"scopes_supported"`
+	Capabilities             []string `json:"capabilities"`
+}
+
+// smartConfiguration answers GET /.well-known/smart-configuration, without
+// a token: it tells a backend client where to get one (AUTH_TOKEN_ENDPOINT,
+// when set) and which scopes this API honours.
+func (s *server) smartConfiguration(w http.ResponseWriter, r *http.Request) error {
+	c := smartConfig{
+		TokenEndpoint:   s.tokenURL,
+		GrantTypes:      []string{"client_credentials"},
+		ScopesSupported: []string{"system/*.read", "system/*.rs"},
+		Capabilities:    []string{"client-confidential-asymmetric", "permission-v1", "permission-v2"},
+	}
+	if s.tokenURL != "" {
+		c.TokenEndpointAuthMethods = []string{"private_key_jwt"}
+		c.TokenEndpointSigningAlgs = []string{"RS384", "ES384"}
+	}
+	if s.auth == nil || s.auth.Mode() == auth.ModeNone {
+		c.GrantTypes, c.ScopesSupported, c.Capabilities = []string{}, []string{}, []string{}
+	}
+	body, err := json.Marshal(c)
+	if err != nil {
+		return fault.Wrap(fault.Internal, err, "encoding the SMART configuration")
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {

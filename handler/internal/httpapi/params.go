@@ -30,7 +30,7 @@ func queryParams(raw string) ([]param, error) {
 		k, v, _ := strings.Cut(pair, "=")
 		name, err := url.QueryUnescape(k)
 		if err != nil {
-			return nil, invalid("structure", "the query string is malformed near %q: %v", k, err)
+			return nil, invalid("structure", "the query string is malformed near %q: %v", clip(k), err)
 		}
 		value, err := url.QueryUnescape(v)
 		if err != nil {
@@ -75,10 +75,10 @@ func bodyParams(w http.ResponseWriter, r *http.Request) ([]param, error) {
 		Parameter    []map[string]json.RawMessage `json:"parameter"`
 	}
 	if err := json.Unmarshal(body, &res); err != nil {
-		return nil, invalid("structure", "the body is not valid JSON for a FHIR Parameters resource: %v", err)
+		return nil, invalid("structure", "the body is not valid JSON for a FHIR Parameters resource%s", jsonProblem(err))
 	}
 	if res.ResourceType != "Parameters" {
-		return nil, invalid("structure", "the body must be a FHIR Parameters resource, not resourceType %q", res.ResourceType)
+		return nil, invalid("structure", "the body must be a FHIR Parameters resource, not resourceType %q", clip(res.ResourceType))
 	}
 	out := make([]param, 0, len(res.Parameter))
 	for i, p := range res.Parameter {
@@ -106,6 +106,31 @@ func bodyParams(w http.ResponseWriter, r *http.Request) ([]param, error) {
 		}
 	}
 	return out, nil
+}
+
+// jsonProblem says where a body failed to decode in JSON's own terms: the
+// decoder's messages name the Go types it decodes into, which mean nothing
+// to a client and say how the server is built.
+func jsonProblem(err error) string {
+	if e, ok := errors.AsType[*json.SyntaxError](err); ok {
+		return fmt.Sprintf(" (syntax error at byte %d)", e.Offset)
+	}
+	if e, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		if e.Field == "" {
+			return fmt.Sprintf(" (it is a JSON %s, not an object)", e.Value)
+		}
+		return fmt.Sprintf(" (%s must not be a JSON %s)", clip(e.Field), e.Value)
+	}
+	return ""
+}
+
+// maxQueryBytes caps a kick-off's query string. The Functions front end
+// (Kestrel) refuses a request line over 8 KiB; a bare handler serve refuses
+// the same here, so neither mode parses more. Larger requests use POST.
+const maxQueryBytes = 8 << 10
+
+func queryTooLong(n int) error {
+	return invalid("too-long", "the query string is %d bytes, more than the %d this server accepts; send long kick-off parameters in a POST body", n, maxQueryBytes)
 }
 
 func tooLarge() error {

@@ -72,7 +72,7 @@ func TestReadinessProbe(t *testing.T) {
 
 func TestMetadata(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setup(t, trustForwarded)
 	rec := b.call("GET", "/metadata", hdr("X-Forwarded-Proto", "https", "X-Forwarded-Host", "fhir.example.org"), "")
 	if rec.Code != http.StatusOK {
 		t.Fatalf("status = %d; body %s", rec.Code, rec.Body)
@@ -149,9 +149,9 @@ func TestPanicBecomesOperationOutcome(t *testing.T) {
 	for _, tc := range []struct{ method, target string }{
 		{"GET", "/$export"},
 		{"POST", "/Patient/$export?_type=Patient"},
-		{"GET", "/jobs/0190000000000000000000000001"},
-		{"DELETE", "/jobs/0190000000000000000000000001"},
-		{"GET", "/jobs/0190000000000000000000000001/files/Patient-1.ndjson"},
+		{"GET", "/jobs/01900000000000000000000000010000000000000000"},
+		{"DELETE", "/jobs/01900000000000000000000000010000000000000000"},
+		{"GET", "/jobs/01900000000000000000000000010000000000000000/files/Patient-1.ndjson"},
 	} {
 		t.Run(tc.method+" "+tc.target, func(t *testing.T) {
 			t.Parallel()
@@ -189,7 +189,7 @@ func TestPanicBecomesOperationOutcome(t *testing.T) {
 		srv := httptest.NewServer(b.handler)
 		defer srv.Close()
 		for range 2 { // the server keeps serving
-			resp, err := http.Get(srv.URL + "/jobs/0190000000000000000000000001")
+			resp, err := http.Get(srv.URL + "/jobs/01900000000000000000000000010000000000000000")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -204,10 +204,10 @@ func TestPanicBecomesOperationOutcome(t *testing.T) {
 func TestLogging(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.engine.jobID = "019000000000000000000000002a"
+	b.engine.jobID = "019000000000000000000000002a0000000000000000"
 	b.engine.status = &export.Status{Phase: export.InProgress}
 	b.call("GET", "/$export", hdr("X-Azure-Functions-InvocationId", "inv-1"), "")
-	b.call("GET", "/jobs/019000000000000000000000002a", hdr("X-Azure-Functions-InvocationId", "inv-2"), "")
+	b.call("GET", "/jobs/019000000000000000000000002a0000000000000000", hdr("X-Azure-Functions-InvocationId", "inv-2"), "")
 	b.call("GET", "/$export?_type=Nope", nil, "")
 	b.call("GET", "/", nil, "")
 
@@ -224,8 +224,8 @@ func TestLogging(t *testing.T) {
 		t.Fatalf("%d access lines, want 3 (none for GET /): %v", len(access), access)
 	}
 	want := []map[string]any{
-		{"method": "GET", "path": "/$export", "status": float64(202), "job": "019000000000000000000000002a", "invocationId": "inv-1"},
-		{"method": "GET", "path": "/jobs/019000000000000000000000002a", "status": float64(202), "job": "019000000000000000000000002a", "invocationId": "inv-2"},
+		{"method": "GET", "path": "/$export", "status": float64(202), "job": "019000000000000000000000002a0000000000000000", "invocationId": "inv-1"},
+		{"method": "GET", "path": "/jobs/019000000000000000000000002a0000000000000000", "status": float64(202), "job": "019000000000000000000000002a0000000000000000", "invocationId": "inv-2"},
 		{"method": "GET", "path": "/$export", "status": float64(400)},
 	}
 	for i, w := range want {
@@ -242,7 +242,7 @@ func TestLogging(t *testing.T) {
 		t.Errorf("400 line lacks the error: %v", access[2])
 	}
 	// The engine sees a request-scoped logger.
-	if len(engine) != 2 || engine[0]["invocationId"] != "inv-1" || engine[1]["invocationId"] != "inv-2" || engine[1]["job"] != "019000000000000000000000002a" {
+	if len(engine) != 2 || engine[0]["invocationId"] != "inv-1" || engine[1]["invocationId"] != "inv-2" || engine[1]["job"] != "019000000000000000000000002a0000000000000000" {
 		t.Errorf("engine log lines lack request fields: %v", engine)
 	}
 }
@@ -253,9 +253,11 @@ func TestOptionsValidate(t *testing.T) {
 		opts httpapi.Options
 		ok   bool
 	}{
-		{httpapi.Options{}, true},
-		{httpapi.Options{BaseURL: "https://x.azurewebsites.net", DefaultContainer: "exports"}, true},
-		{httpapi.Options{BaseURL: "https://x.azurewebsites.net/api/"}, true},
+		{httpapi.Options{Auth: noAuth}, true},
+		{httpapi.Options{}, false}, // no Auth: there is no open default
+		{httpapi.Options{BaseURL: "https://x.azurewebsites.net", DefaultContainer: "exports", Auth: noAuth}, true},
+		{httpapi.Options{BaseURL: "https://x.azurewebsites.net/api/", Auth: noAuth}, true},
+		{httpapi.Options{Auth: noAuth, TokenEndpoint: "/token"}, false},
 		{httpapi.Options{BaseURL: "x.azurewebsites.net"}, false},
 		{httpapi.Options{BaseURL: "ftp://x"}, false},
 		{httpapi.Options{BaseURL: "https://x/?a=b"}, false},
@@ -269,7 +271,7 @@ func TestOptionsValidate(t *testing.T) {
 
 func TestNoDefaultContainer(t *testing.T) {
 	t.Parallel()
-	b := setup(t, func(o *httpapi.Options) { o.DefaultContainer = "" })
+	b := setup(t, func(o *httpapi.Options) { o.DefaultContainer, o.Containers = "", []string{"mine"} })
 	_, diag := checkOutcome(t, b.call("GET", "/$export", nil, ""), 400)
 	if !strings.Contains(diag, "_container") {
 		t.Errorf("diagnostics %q do not name _container", diag)
@@ -300,7 +302,7 @@ func TestPanicMidDownloadAbortsTheResponse(t *testing.T) {
 	defer srv.Close()
 	// The status line was already committed, so the only honest answer is a
 	// broken connection: the client must see an error, not a short 200.
-	resp, err := http.Get(srv.URL + "/jobs/0190000000000000000000000001/files/Patient-1.ndjson")
+	resp, err := http.Get(srv.URL + "/jobs/01900000000000000000000000010000000000000000/files/Patient-1.ndjson")
 	if err == nil {
 		_, err = io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -318,7 +320,7 @@ func TestPanicMidDownloadAbortsTheResponse(t *testing.T) {
 	var logged bool
 	for deadline := time.Now().Add(5 * time.Second); !logged && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		for _, l := range b.logs.lines(t) {
-			if l["message"] == "request" && l["path"] == "/jobs/0190000000000000000000000001/files/Patient-1.ndjson" {
+			if l["message"] == "request" && l["path"] == "/jobs/01900000000000000000000000010000000000000000/files/Patient-1.ndjson" {
 				logged = l["status"] == float64(200) && l["error"] != nil
 			}
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/azfhir/bulkexport/handler/internal/auth"
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 	"github.com/azfhir/bulkexport/handler/internal/fhir"
@@ -38,7 +39,7 @@ type manifestFile struct {
 // status answers GET /jobs/{id}: 202 while running, 200 with the manifest
 // when complete, the failure's status with an OperationOutcome when failed.
 func (s *server) status(w http.ResponseWriter, r *http.Request, jobID string) error {
-	st, err := s.engine.Status(r.Context(), jobID)
+	st, err := s.engine.Status(r.Context(), jobID, stateOf(r.Context()).owner)
 	if err != nil {
 		return err // a lookup that failed transiently becomes a 503 "transient"
 	}
@@ -118,18 +119,38 @@ func failedJob(cause error) error {
 func (s *server) writeManifest(w http.ResponseWriter, r *http.Request, jobID string, st *export.Status) error {
 	filesURL := s.baseURL(r) + "/jobs/" + url.PathEscape(jobID) + "/files/"
 	m := manifest{
-		TransactionTime:     fhir.FormatInstant(st.Job.TransactionTime),
-		Request:             st.Job.Request.RequestURL,
-		RequiresAccessToken: false,
+		TransactionTime: fhir.FormatInstant(st.Job.TransactionTime),
+		Request:         st.Job.Request.RequestURL,
+		// The files stream through this API, which wants the owner's token
+		// for them as for the manifest (AUTH_MODE=none has no tokens at all).
+		// With SAS downloads the URLs themselves are the (short-lived,
+		// read-only, one-blob) credential, and storage wants no token.
+		RequiresAccessToken: s.sasTTL == 0 && s.auth != nil && s.auth.Mode() != auth.ModeNone,
 		Output:              make([]manifestFile, 0, len(st.Output)),
 		Deleted:             []manifestFile{},
 		Error:               make([]manifestFile, 0, len(st.Errors)),
 	}
+	// fileURL is the proxy route, or a SAS URL minted now: every manifest
+	// request gets links that live SASTTL from then.
+	fileURL := func(name string) (string, error) {
+		if s.sasTTL == 0 {
+			return filesURL + url.PathEscape(name), nil
+		}
+		return s.engine.FileURL(r.Context(), st.Job, name, s.sasTTL)
+	}
 	for _, f := range st.Output {
-		m.Output = append(m.Output, manifestFile{Type: f.Type, URL: filesURL + url.PathEscape(f.Name), Count: f.Count})
+		u, err := fileURL(f.Name)
+		if err != nil {
+			return err
+		}
+		m.Output = append(m.Output, manifestFile{Type: f.Type, URL: u, Count: f.Count})
 	}
 	for _, f := range st.Errors {
-		m.Error = append(m.Error, manifestFile{Type: "OperationOutcome", URL: filesURL + url.PathEscape(f.Name), Count: f.Count})
+		u, err := fileURL(f.Name)
+		if err != nil {
+			return err
+		}
+		m.Error = append(m.Error, manifestFile{Type: "OperationOutcome", URL: u, Count: f.Count})
 	}
 	body, err := json.Marshal(m)
 	if err != nil {
@@ -149,7 +170,7 @@ func (s *server) writeManifest(w http.ResponseWriter, r *http.Request, jobID str
 // cancel answers DELETE /jobs/{id}: 202, or 404 for an unknown or already
 // cancelled job.
 func (s *server) cancel(w http.ResponseWriter, r *http.Request, jobID string) error {
-	if err := s.engine.Cancel(r.Context(), jobID); err != nil {
+	if err := s.engine.Cancel(r.Context(), jobID, stateOf(r.Context()).owner); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusAccepted)
@@ -161,7 +182,7 @@ func (s *server) download(w http.ResponseWriter, r *http.Request, jobID, name st
 	if !fileNamePattern.MatchString(name) {
 		return notFound("job %s has no file %q", jobID, name)
 	}
-	rc, size, err := s.engine.OpenFile(r.Context(), jobID, name)
+	rc, size, err := s.engine.OpenFile(r.Context(), jobID, stateOf(r.Context()).owner, name)
 	if err != nil {
 		return err
 	}

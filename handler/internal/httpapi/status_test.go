@@ -51,7 +51,7 @@ var (
 
 func completedStatus(output, errs []export.OutputFile) *export.Status {
 	return &export.Status{
-		Job: &export.Job{ID: "0190000000000000000000000007", TransactionTime: txTime,
+		Job: &export.Job{ID: "01900000000000000000000000070000000000000000", TransactionTime: txTime,
 			Request: export.Request{RequestURL: "https://fhir.example.org/Group/g1/$export?_type=Patient,Observation"}},
 		Phase:       export.Completed,
 		Output:      output,
@@ -73,10 +73,11 @@ func TestStatusCompletedManifest(t *testing.T) {
 		status *export.Status
 		header http.Header
 		opts   func(*httpapi.Options)
+		trust  bool // EXPORT_TRUST_FORWARDED
 		golden string
 	}{
 		{name: "files and errors behind a proxy", status: completedStatus(files, errs),
-			header: hdr("X-Forwarded-Proto", "https", "X-Forwarded-Host", "fhir.example.org"), golden: "manifest-proxy.json"},
+			header: hdr("X-Forwarded-Proto", "https", "X-Forwarded-Host", "fhir.example.org"), trust: true, golden: "manifest-proxy.json"},
 		{name: "BaseURL", status: completedStatus(files, errs), header: hdr("X-Forwarded-Host", "ignored"),
 			opts: func(o *httpapi.Options) { o.BaseURL = "https://bulk.azurewebsites.net/api" }, golden: "manifest-baseurl.json"},
 		{name: "nothing matched", status: completedStatus(nil, nil), golden: "manifest-empty.json"},
@@ -88,11 +89,14 @@ func TestStatusCompletedManifest(t *testing.T) {
 			if tc.opts != nil {
 				mods = append(mods, tc.opts)
 			}
+			if tc.trust {
+				mods = append(mods, trustForwarded)
+			}
 			b := setup(t, mods...)
 			b.engine.status = tc.status
-			path := "/jobs/0190000000000000000000000007"
+			path := "/jobs/01900000000000000000000000070000000000000000"
 			if tc.opts != nil {
-				path = "/api/jobs/0190000000000000000000000007"
+				path = "/api/jobs/01900000000000000000000000070000000000000000"
 			}
 			// Inferno sends an empty bearer token even in open mode.
 			h := tc.header.Clone()
@@ -144,7 +148,7 @@ func TestStatusInProgress(t *testing.T) {
 			t.Parallel()
 			b := setup(t, func(o *httpapi.Options) { o.RetryAfter = tc.retryAfter })
 			b.engine.status = &tc.status
-			rec := b.call("GET", "/jobs/0190000000000000000000000001", hdr("Authorization", "Bearer"), "")
+			rec := b.call("GET", "/jobs/01900000000000000000000000010000000000000000", hdr("Authorization", "Bearer"), "")
 			if rec.Code != http.StatusAccepted {
 				t.Fatalf("status = %d, want 202; body %s", rec.Code, rec.Body)
 			}
@@ -182,22 +186,23 @@ func TestStatusErrors(t *testing.T) {
 		// A failed job is never answered as a missing one (404) or as a
 		// refusal of the client's credentials (403): see statusOf.
 		{name: "failed not found", status: failed(fault.New(fault.NotFound, "Group g1 was deleted")), want: 500, code: "not-found", diag: "Group g1 was deleted"},
-		{name: "failed forbidden", status: failed(fault.New(fault.Forbidden, "storage refuses us")), want: 500, code: "forbidden", diag: "storage refuses us"},
-		{name: "failed after a lost race", status: failed(fault.New(fault.Conflict, "item kept changing")), want: 500, code: "conflict", diag: "item kept changing"},
-		{name: "failed internal", status: failed(errors.New("plain error")), want: 500, code: "exception", diag: "plain error"},
+		// The service's own trouble is told in fixed words; the cause is in the log.
+		{name: "failed forbidden", status: failed(fault.New(fault.Forbidden, "storage refuses us")), want: 500, code: "forbidden", diag: "refused the service's identity"},
+		{name: "failed after a lost race", status: failed(fault.New(fault.Conflict, "item kept changing")), want: 500, code: "conflict", diag: "internal error"},
+		{name: "failed internal", status: failed(errors.New("plain error")), want: 500, code: "exception", diag: "internal error"},
 		{name: "failed without cause", status: failed(nil), want: 500, code: "exception", diag: "failed"},
-		{name: "unknown job", statusErr: fault.New(fault.NotFound, "no job 0190000000000000000000000001"), want: 404, code: "not-found", diag: "0190000000000000000000000001"},
-		{name: "cancelled job", statusErr: fault.New(fault.Cancelled, "job 0190000000000000000000000001 was cancelled"), want: 404, code: "not-found", diag: "cancelled"},
-		{name: "lookup failed transiently", statusErr: fault.New(fault.Transient, "table storage timeout"), want: 503, code: "transient", diag: "table storage", retry: "2"},
-		{name: "lookup unavailable", statusErr: fault.New(fault.Unavailable, "storage down"), want: 503, code: "transient", diag: "storage down", retry: "2"},
-		{name: "lookup internal", statusErr: errors.New("bug"), want: 500, code: "exception", diag: "bug"},
+		{name: "unknown job", statusErr: fault.New(fault.NotFound, "no job 01900000000000000000000000010000000000000000"), want: 404, code: "not-found", diag: "01900000000000000000000000010000000000000000"},
+		{name: "cancelled job", statusErr: fault.New(fault.Cancelled, "job 01900000000000000000000000010000000000000000 was cancelled"), want: 404, code: "not-found", diag: "cancelled"},
+		{name: "lookup failed transiently", statusErr: fault.New(fault.Transient, "table storage timeout"), want: 503, code: "transient", diag: "unavailable", retry: "2"},
+		{name: "lookup unavailable", statusErr: fault.New(fault.Unavailable, "storage down"), want: 503, code: "transient", diag: "unavailable", retry: "2"},
+		{name: "lookup internal", statusErr: errors.New("bug"), want: 500, code: "exception", diag: "internal error"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
 			b.engine.status, b.engine.statusErr = tc.status, tc.statusErr
-			rec := b.call("GET", "/jobs/0190000000000000000000000001", hdr("Authorization", "Bearer "), "")
+			rec := b.call("GET", "/jobs/01900000000000000000000000010000000000000000", hdr("Authorization", "Bearer "), "")
 			code, diag := checkOutcome(t, rec, tc.want)
 			if code != tc.code {
 				t.Errorf("code = %q, want %q", code, tc.code)
@@ -217,12 +222,12 @@ func TestCancel(t *testing.T) {
 	t.Run("accepted", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		rec := b.call("DELETE", "/jobs/0190000000000000000000000003", hdr("Authorization", "Bearer "), "")
+		rec := b.call("DELETE", "/jobs/01900000000000000000000000030000000000000000", hdr("Authorization", "Bearer "), "")
 		if rec.Code != http.StatusAccepted || rec.Body.Len() != 0 {
 			t.Fatalf("got %d %q, want 202 and no body", rec.Code, rec.Body)
 		}
-		if len(b.engine.cancelled) != 1 || b.engine.cancelled[0] != "0190000000000000000000000003" {
-			t.Errorf("engine cancelled %v, want [0190000000000000000000000003]", b.engine.cancelled)
+		if len(b.engine.cancelled) != 1 || b.engine.cancelled[0] != "01900000000000000000000000030000000000000000" {
+			t.Errorf("engine cancelled %v, want [01900000000000000000000000030000000000000000]", b.engine.cancelled)
 		}
 	})
 	for _, tc := range []struct {
@@ -230,14 +235,14 @@ func TestCancel(t *testing.T) {
 		err  error
 		want int
 	}{
-		{"unknown or already cancelled", fault.New(fault.NotFound, "no job 0190000000000000000000000003"), 404},
+		{"unknown or already cancelled", fault.New(fault.NotFound, "no job 01900000000000000000000000030000000000000000"), 404},
 		{"storage down", fault.New(fault.Unavailable, "storage down"), 503},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
 			b.engine.cancelErr = tc.err
-			checkOutcome(t, b.call("DELETE", "/jobs/0190000000000000000000000003", nil, ""), tc.want)
+			checkOutcome(t, b.call("DELETE", "/jobs/01900000000000000000000000030000000000000000", nil, ""), tc.want)
 		})
 	}
 	t.Run("invalid job id never reaches the engine", func(t *testing.T) {
@@ -257,8 +262,8 @@ func TestDownload(t *testing.T) {
 		t.Parallel()
 		for _, name := range []string{"Patient-1.ndjson", "OperationOutcome-12.ndjson"} {
 			b := setup(t)
-			b.engine.files = map[string]string{"0190000000000000000000000001/" + name: data}
-			rec := b.call("GET", "/jobs/0190000000000000000000000001/files/"+name, hdr("Authorization", "Bearer "), "")
+			b.engine.files = map[string]string{"01900000000000000000000000010000000000000000/" + name: data}
+			rec := b.call("GET", "/jobs/01900000000000000000000000010000000000000000/files/"+name, hdr("Authorization", "Bearer "), "")
 			if rec.Code != http.StatusOK {
 				t.Fatalf("%s: status = %d; body %s", name, rec.Code, rec.Body)
 			}
@@ -278,7 +283,7 @@ func TestDownload(t *testing.T) {
 		for _, name := range []string{"..%2F..%2Fetc%2Fpasswd", "..", "Patient.ndjson", "Patient-1.json", "Patient-1.ndjson.bak",
 			"Patient-x.ndjson", "-1.ndjson", "Pat%2Fient-1.ndjson", "Patient-1.ndjson%00"} {
 			b := setup(t)
-			checkOutcome(t, b.call("GET", "/jobs/0190000000000000000000000001/files/"+name, nil, ""), 404)
+			checkOutcome(t, b.call("GET", "/jobs/01900000000000000000000000010000000000000000/files/"+name, nil, ""), 404)
 			if len(b.engine.opened) != 0 {
 				t.Errorf("%s: engine opened %v", name, b.engine.opened)
 			}
@@ -287,7 +292,7 @@ func TestDownload(t *testing.T) {
 	t.Run("unknown file", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		checkOutcome(t, b.call("GET", "/jobs/0190000000000000000000000001/files/Patient-9.ndjson", nil, ""), 404)
+		checkOutcome(t, b.call("GET", "/jobs/01900000000000000000000000010000000000000000/files/Patient-9.ndjson", nil, ""), 404)
 	})
 	t.Run("streams without buffering the file", func(t *testing.T) {
 		t.Parallel()
@@ -308,7 +313,7 @@ func TestDownload(t *testing.T) {
 		// that buffered the file would never send it, and the deadline fails the test.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/jobs/0190000000000000000000000001/files/Patient-1.ndjson", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/jobs/01900000000000000000000000010000000000000000/files/Patient-1.ndjson", nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatalf("no response before the file was complete (the handler buffers?): %v", err)
@@ -338,7 +343,7 @@ func TestDownload(t *testing.T) {
 // of a finished job, and never a download.
 func TestOnlyPollsOfARunningJobRunTheStalledItemWatchdog(t *testing.T) {
 	t.Parallel()
-	const id = "0190000000000000000000000001"
+	const id = "01900000000000000000000000010000000000000000"
 	for _, tc := range []struct {
 		name   string
 		status *export.Status
@@ -412,7 +417,7 @@ func runToTheEnd(t *testing.T, src export.Source, blobs export.Blobs, deliveries
 	ctx := context.Background()
 	queue := memstore.NewQueue(nil)
 	engine := export.New(memstore.NewStore(), queue, blobs, src, export.DefaultSettings(), nil)
-	job, err := engine.KickOff(ctx, export.Request{Level: export.LevelSystem, Types: []string{"Patient"}, Container: "bulk-export",
+	job, err := engine.KickOff(ctx, export.Request{Level: export.LevelSystem, Types: []string{"Patient"}, Container: "bulk-export", Owner: anonymousOwner,
 		OutputFormat: "application/fhir+ndjson", RequestURL: "https://bulk.example.org/$export?_type=Patient"})
 	if err != nil {
 		t.Fatal(err)
@@ -460,7 +465,7 @@ func TestStatusOfAFailedJobAnswersTheRecordedCause(t *testing.T) {
 		diag  []string
 	}{
 		{name: "storage refuses the service mid-job", blobs: func(b export.Blobs) export.Blobs { return refusingBlobs{b} },
-			code: "forbidden", diag: []string{"exporting Patient failed", "403 AuthorizationPermissionMismatch"}},
+			code: "forbidden", diag: []string{"the export failed", "refused the service's identity"}},
 		{name: "the source fails until the last delivery",
 			src:  tinySource{pageErr: fault.New(fault.Transient, "the source FHIR server answered GET Patient with 503 Service Unavailable")},
 			code: "exception", diag: []string{"503 Service Unavailable", "gave up after 3 attempts"}},
@@ -475,7 +480,7 @@ func TestStatusOfAFailedJobAnswersTheRecordedCause(t *testing.T) {
 				blobs = tc.blobs(blobs)
 			}
 			engine, jobID := runToTheEnd(t, tc.src, blobs, deliveries)
-			b := &bundle{handler: httpapi.New(engine, httpapi.Options{DefaultContainer: defaultContainer})}
+			b := &bundle{handler: httpapi.New(engine, httpapi.Options{DefaultContainer: defaultContainer, Auth: noAuth})}
 			for range 2 { // the answer is settled: asking again gives the same
 				rec := b.call("GET", "/jobs/"+jobID, hdr("Accept", "application/json"), "")
 				code, diag := checkOutcome(t, rec, http.StatusInternalServerError)

@@ -5,8 +5,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
@@ -137,6 +139,20 @@ func (b *Blobs) Open(ctx context.Context, container, name string) (io.ReadCloser
 	}
 	content := bytes.Join(bl.committed, nil)
 	return io.NopCloser(bytes.NewReader(content)), int64(len(content)), nil
+}
+
+// ReadURL returns memory://<container>/<blob>?ttl=<ttl>: nothing can fetch
+// it, but a test sees which blob and lifetime the engine asked for. Like a
+// SAS, it is made without looking at the blob.
+func (b *Blobs) ReadURL(ctx context.Context, container, name string, ttl time.Duration) (string, error) {
+	if err := checkContainer(container); err != nil {
+		return "", fault.Wrap(fault.Internal, err, "read URL")
+	}
+	if ttl <= 0 {
+		return "", fault.New(fault.Internal, "read URL of %s/%s: ttl %s is not positive", container, name, ttl)
+	}
+	u := url.URL{Scheme: "memory", Host: container, Path: "/" + name, RawQuery: url.Values{"ttl": {ttl.String()}}.Encode()}
+	return u.String(), nil
 }
 
 // ContentType returns the blob's Content-Type; fault.NotFound as for Open.

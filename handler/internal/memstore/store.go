@@ -23,6 +23,7 @@ type Store struct {
 	jobs    map[string]record
 	items   map[itemKey]record
 	members map[memberKey][]string
+	owners  map[string]map[string]bool // owner -> job ids
 }
 
 type record struct {
@@ -45,6 +46,7 @@ func NewStore() *Store {
 		jobs:    map[string]record{},
 		items:   map[itemKey]record{},
 		members: map[memberKey][]string{},
+		owners:  map[string]map[string]bool{},
 	}
 }
 
@@ -195,6 +197,53 @@ func (s *Store) GetMembers(ctx context.Context, jobID string, index int) ([]stri
 		return nil, fault.New(fault.NotFound, "get members %s/%d: not found", jobID, index)
 	}
 	return append([]string(nil), ids...), nil
+}
+
+// AddOwnerJob adds jobID to owner's index.
+func (s *Store) AddOwnerJob(ctx context.Context, owner, jobID string) error {
+	if err := checkOwnerKeys(owner, jobID); err != nil {
+		return fault.Wrap(fault.Internal, err, "index job")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.owners[owner] == nil {
+		s.owners[owner] = map[string]bool{}
+	}
+	s.owners[owner][jobID] = true
+	return nil
+}
+
+// OwnerJobs returns the job ids in owner's index, ordered by id.
+func (s *Store) OwnerJobs(ctx context.Context, owner string) ([]string, error) {
+	if err := export.CheckKey(owner); err != nil {
+		return nil, fault.Wrap(fault.Internal, err, "list owner's jobs")
+	}
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.owners[owner]))
+	for id := range s.owners[owner] {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// RemoveOwnerJob removes jobID from owner's index, if it is there.
+func (s *Store) RemoveOwnerJob(ctx context.Context, owner, jobID string) error {
+	if err := checkOwnerKeys(owner, jobID); err != nil {
+		return fault.Wrap(fault.Internal, err, "unindex job")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.owners[owner], jobID)
+	return nil
+}
+
+func checkOwnerKeys(owner, jobID string) error {
+	if err := export.CheckKey(owner); err != nil {
+		return err
+	}
+	return export.CheckKey(jobID)
 }
 
 // record encodes v under a fresh ETag. The caller holds s.mu.

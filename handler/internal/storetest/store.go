@@ -35,6 +35,7 @@ func RunStore(t *testing.T, newStore func(t *testing.T) export.Store) {
 		{"ListItems", testListItems},
 		{"ListItemsPaged", testListItemsPaged},
 		{"Members", testMembers},
+		{"OwnerIndex", testOwnerIndex},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -63,6 +64,7 @@ func sampleJob(id string) *export.Job {
 			OutputFormat: "application/fhir+ndjson",
 			RequestURL:   "https://fhir.example/Group/g-1/$export?_type=Patient,Observation",
 			Warnings:     []string{"ignored _elements"},
+			Owner:        strings.Repeat("ab", 32),
 		},
 		TransactionTime: t0,
 		CreatedAt:       t0.Add(time.Second),
@@ -342,6 +344,39 @@ func testMembers(t *testing.T, s export.Store) {
 	}
 	_, err := s.GetMembers(ctx, "job-members", 3)
 	wantKind(t, err, fault.NotFound, "GetMembers of a refused batch")
+}
+
+// testOwnerIndex: each owner sees just its own job ids, in id order; adding
+// twice lists once; removing one (or one never added) leaves the others.
+func testOwnerIndex(t *testing.T, s export.Store) {
+	ctx := t.Context()
+	alice, bob := strings.Repeat("a1", 32), strings.Repeat("b2", 32)
+	got, err := s.OwnerJobs(ctx, alice)
+	mustOK(t, err, "OwnerJobs of an empty index")
+	if len(got) != 0 {
+		t.Fatalf("OwnerJobs of an empty index = %q, want none", got)
+	}
+	for _, id := range []string{"job-3", "job-1", "job-2", "job-1"} {
+		mustOK(t, s.AddOwnerJob(ctx, alice, id), "AddOwnerJob "+id)
+	}
+	mustOK(t, s.AddOwnerJob(ctx, bob, "job-9"), "AddOwnerJob bob")
+	wantOwnerJobs(t, s, alice, []string{"job-1", "job-2", "job-3"})
+	wantOwnerJobs(t, s, bob, []string{"job-9"})
+
+	mustOK(t, s.RemoveOwnerJob(ctx, alice, "job-2"), "RemoveOwnerJob")
+	mustOK(t, s.RemoveOwnerJob(ctx, alice, "job-never"), "RemoveOwnerJob of a job never added")
+	mustOK(t, s.RemoveOwnerJob(ctx, alice, "job-9"), "RemoveOwnerJob of another owner's job")
+	wantOwnerJobs(t, s, alice, []string{"job-1", "job-3"})
+	wantOwnerJobs(t, s, bob, []string{"job-9"})
+}
+
+func wantOwnerJobs(t *testing.T, s export.Store, owner string, want []string) {
+	t.Helper()
+	got, err := s.OwnerJobs(t.Context(), owner)
+	mustOK(t, err, "OwnerJobs")
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("OwnerJobs(%s...) = %q, want %q", owner[:4], got, want)
+	}
 }
 
 func wantMembers(t *testing.T, s export.Store, jobID string, index int, want []string) {
