@@ -177,6 +177,11 @@ func TestTokensAreChecked(t *testing.T) {
 		if tc.token != "" && strings.Contains(string(a.body), tc.token) {
 			t.Errorf("%s: the answer repeats the token", tc.name)
 		}
+		// The client is told what is wrong with its credentials, not that
+		// the server failed.
+		if body := string(a.body); !strings.Contains(body, "token") || strings.Contains(body, "internal error") {
+			t.Errorf("%s: diagnostics %s, want the token problem named", tc.name, body)
+		}
 	}
 
 	// A valid token without the app role or a SMART scope: 403.

@@ -109,7 +109,7 @@ type Config struct {
 // ErrNoToken is in the chain of the Unauthenticated error of a request that
 // carried no bearer token (RFC 6750 section 3.1: its challenge has no error
 // code).
-var ErrNoToken = errors.New("this request needs a bearer token in the Authorization header")
+var ErrNoToken = errors.New("no bearer token")
 
 // Verifier authenticates requests. It is safe for concurrent use, and one
 // Verifier should serve the whole process so that its key cache is shared.
@@ -375,7 +375,7 @@ func bearer(header string) (string, error) {
 	header = strings.TrimSpace(header)
 	scheme, token, _ := strings.Cut(header, " ")
 	if header == "" || !strings.EqualFold(scheme, "Bearer") {
-		return "", &fault.Error{Kind: fault.Unauthenticated, Err: ErrNoToken}
+		return "", &fault.Error{Kind: fault.Unauthenticated, Msg: "this request needs a bearer token in the Authorization header", Err: ErrNoToken}
 	}
 	token = strings.TrimSpace(token)
 	switch {

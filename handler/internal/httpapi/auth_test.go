@@ -27,7 +27,7 @@ func (a *fakeAuth) Authenticate(ctx context.Context, header string) (auth.Princi
 	a.calls++
 	a.mu.Unlock()
 	if header == "" {
-		return auth.Principal{}, &fault.Error{Kind: fault.Unauthenticated, Err: auth.ErrNoToken}
+		return auth.Principal{}, &fault.Error{Kind: fault.Unauthenticated, Msg: "this request needs a bearer token in the Authorization header", Err: auth.ErrNoToken}
 	}
 	client := strings.TrimPrefix(header, "Bearer ")
 	scopes, ok := a.clients[client]
