@@ -28,5 +28,7 @@ read -r -a extra <<<"${GO_TEST_FLAGS:-}"
 
 echo "== go vet"
 go vet ./...
+echo "== bicep syntax (tree-sitter grammar; not the Bicep compiler)"
+bash scripts/bicep-check/check.sh
 echo "== go test (unit, Azurite integration, end-to-end)"
 go test -count=1 -p 1 -timeout 15m "${extra[@]}" $packages 2>&1 | tee "$root/.run/test-output.txt"
