@@ -2,6 +2,7 @@ package config
 
 import (
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -78,5 +79,67 @@ func TestBicepWritesOnlySettingsTheHandlerReads(t *testing.T) {
 		if !written[name] {
 			t.Errorf("functionapp.bicep does not write %s", name)
 		}
+	}
+}
+
+// builtInRoles are the Azure built-in role definition ids the templates may
+// assign, checked against Microsoft's built-in roles reference
+// (learn.microsoft.com/azure/role-based-access-control/built-in-roles;
+// MicrosoftDocs/azure-docs articles/role-based-access-control/built-in-roles.md).
+// A typo in a role GUID deploys without complaint and grants the wrong role, or
+// fails only at deployment time; this list is the second pair of eyes.
+var builtInRoles = map[string]string{
+	"b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+	"ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+	"2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
+	"974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+	"0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+	"3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+	"4c8d0bbc-75d3-4935-991f-5f3c56d81508": "FHIR Data Reader",
+}
+
+// TestBicepRoleIDsAreTheBuiltInRolesTheyName checks every GUID in the
+// templates against the list, and, where the template names the role next to
+// its id (a `name:` line or the variable's name), that the name matches.
+func TestBicepRoleIDsAreTheBuiltInRolesTheyName(t *testing.T) {
+	files, err := filepath.Glob("../../../infra/*.bicep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	modules, _ := filepath.Glob("../../../infra/modules/*.bicep")
+	files = append(files, modules...)
+	guid := regexp.MustCompile(`'([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})'`)
+	squash := func(s string) string { return strings.ToLower(strings.NewReplacer(" ", "", "_", "").Replace(s)) }
+	found := 0
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(string(raw), "\n")
+		for i, line := range lines {
+			m := guid.FindStringSubmatch(line)
+			if m == nil {
+				continue
+			}
+			found++
+			name, ok := builtInRoles[strings.ToLower(m[1])]
+			if !ok {
+				t.Errorf("%s:%d: %s is not one of the checked built-in roles", filepath.Base(f), i+1, m[1])
+				continue
+			}
+			// The role's name in the line before (`name: '...'`) or in the
+			// variable's name on this line (fhirDataReaderRoleId).
+			context := line
+			if i > 0 {
+				context = lines[i-1] + " " + line
+			}
+			if !strings.Contains(squash(context), squash(name)) {
+				t.Errorf("%s:%d: %s is %s, but the template names it otherwise: %q", filepath.Base(f), i+1, m[1], name, strings.TrimSpace(context))
+			}
+		}
+	}
+	if found < len(builtInRoles) {
+		t.Errorf("found %d role ids in infra/, fewer than the %d checked roles: the search is broken or a role went unused", found, len(builtInRoles))
 	}
 }
