@@ -143,3 +143,23 @@ func TestBicepRoleIDsAreTheBuiltInRolesTheyName(t *testing.T) {
 		t.Errorf("found %d role ids in infra/, fewer than the %d checked roles: the search is broken or a role went unused", found, len(builtInRoles))
 	}
 }
+
+// TestInfraReadmeCompilesBeforeItDeploys: the templates were never compiled
+// here, so the operator's first step must be the compiler and a what-if,
+// before any command that changes Azure.
+func TestInfraReadmeCompilesBeforeItDeploys(t *testing.T) {
+	raw, err := os.ReadFile("../../../infra/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(raw)
+	build := strings.Index(doc, "az bicep build")
+	whatIf := strings.Index(doc, "az deployment group what-if")
+	create := strings.Index(doc, "az deployment group create")
+	if build < 0 || whatIf < 0 {
+		t.Fatalf("infra/README.md lacks `az bicep build` (%d) or `az deployment group what-if` (%d)", build, whatIf)
+	}
+	if create >= 0 && (create < build || create < whatIf) {
+		t.Errorf("infra/README.md shows `az deployment group create` before the compile and what-if steps")
+	}
+}
