@@ -45,7 +45,7 @@ func TestBadInputGetsA4xxOperationOutcome(t *testing.T) {
 		{name: "bad _since", path: "/$export?_since=yesterday", want: 400},
 		{name: "bad _outputFormat", path: "/$export?_outputFormat=text/csv", want: 400},
 		{name: "bad _container", path: "/$export?_container=Bad_Name", want: 400},
-		{name: "unsupported _elements", path: "/$export?_elements=id", want: 400},
+		{name: "_elements below the top level", path: "/$export?_elements=code.coding", want: 400},
 		{name: "unknown parameter", path: "/$export?foo=bar", want: 400},
 		{name: "typeFilter type outside _type", path: "/$export?_type=Patient&_typeFilter=Observation%3Fstatus%3Dfinal", want: 400},
 		{name: "malformed typeFilter", path: "/$export?_typeFilter=Observation", want: 400},
@@ -86,7 +86,7 @@ func TestBadInputGetsA4xxOperationOutcome(t *testing.T) {
 
 func TestLenientIgnoresUnsupportedParametersAndReportsThem(t *testing.T) {
 	svc := startService(t)
-	req, _ := http.NewRequest(http.MethodGet, svc.base+"/$export?_type=Patient&_elements=id", nil)
+	req, _ := http.NewRequest(http.MethodGet, svc.base+"/$export?_type=Patient&organizeOutputBy=Patient", nil)
 	req.Header.Set("Accept", "application/fhir+json")
 	req.Header.Set("Prefer", "respond-async, handling=lenient")
 	req.Header.Set("Authorization", "Bearer ")
@@ -106,8 +106,8 @@ func TestLenientIgnoresUnsupportedParametersAndReportsThem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(errs) != 1 || !strings.Contains(string(errs[0]), "_elements") {
-		t.Errorf("error files hold %q, want one OperationOutcome naming _elements", errs)
+	if len(errs) != 1 || !strings.Contains(string(errs[0]), "organizeOutputBy") {
+		t.Errorf("error files hold %q, want one OperationOutcome naming organizeOutputBy", errs)
 	}
 }
 

@@ -23,6 +23,7 @@ type faults struct {
 	retryAfter    string
 	linksExpired  bool
 	searchDelay   time.Duration
+	noisyType     string
 }
 
 // injectedFailure is one failure to answer instead of a search.
@@ -76,6 +77,47 @@ func (s *Server) SetSearchDelay(d time.Duration) error {
 	defer s.faults.mu.Unlock()
 	s.faults.searchDelay = d
 	return nil
+}
+
+// InjectedOutcomeDiagnostics is the diagnostics of the search outcome entry that
+// AddSearchNoise puts on first pages.
+const InjectedOutcomeDiagnostics = "injected: the search results may be incomplete"
+
+// injectedMalformed is the resource AddSearchNoise sends as a match: it has no id,
+// so it cannot be exported, and it carries a marker a test can look for in places it
+// must not reach.
+const injectedMalformed = `{"resourceType":"%s","note":"injected malformed resource PHI-MARKER"}`
+
+// InjectedMalformedMarker appears in the malformed resource AddSearchNoise sends.
+const InjectedMalformedMarker = "PHI-MARKER"
+
+// AddSearchNoise makes the first page of every search of resource type typ carry, after
+// its matches, a search outcome entry (search.mode outcome, an OperationOutcome with
+// InjectedOutcomeDiagnostics) and a match entry whose resource has no id, as a source
+// with partial results or a broken record would. Next-link pages and _summary=count are
+// not affected. An empty typ removes the noise.
+func (s *Server) AddSearchNoise(typ string) error {
+	if !s.faults.enabled {
+		return ErrFailureInjectionDisabled
+	}
+	s.faults.mu.Lock()
+	defer s.faults.mu.Unlock()
+	s.faults.noisyType = typ
+	return nil
+}
+
+// noise returns the extra entries of the first page of a search of typ, if any.
+func (f *faults) noise(typ string) []bundleEntry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.noisyType == "" || f.noisyType != typ {
+		return nil
+	}
+	outcome := fmt.Sprintf(`{"resourceType":"OperationOutcome","issue":[{"severity":"warning","code":"incomplete","diagnostics":%q}]}`, InjectedOutcomeDiagnostics)
+	return []bundleEntry{
+		{raw: []byte(outcome), mode: "outcome"},
+		{raw: []byte(fmt.Sprintf(injectedMalformed, typ))},
+	}
 }
 
 // takeFailure consumes one pending injected failure, if any.

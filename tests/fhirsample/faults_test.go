@@ -20,6 +20,7 @@ func TestFailureInjectionIsOffByDefault(t *testing.T) {
 		"FailNext":       func() error { return srv.FailNext(1, http.StatusServiceUnavailable, "") },
 		"ExpireLinks":    func() error { return srv.ExpireLinks(true) },
 		"SetSearchDelay": func() error { return srv.SetSearchDelay(time.Second) },
+		"AddSearchNoise": func() error { return srv.AddSearchNoise("Observation") },
 	}
 	for name, call := range calls {
 		t.Run(name, func(t *testing.T) {
@@ -180,4 +181,37 @@ func countPages(ctx context.Context, url string) (int, error) {
 		url = b.link("next")
 	}
 	return pages, nil
+}
+
+func TestSearchNoiseIsOnTheFirstPageOfItsTypeOnly(t *testing.T) {
+	srv, ts := newTestServer(t, Options{FailureInjection: true})
+	if err := srv.AddSearchNoise("Observation"); err != nil {
+		t.Fatalf("AddSearchNoise: %v", err)
+	}
+	first := getBundle(t, ts.URL+"/fhir/Observation?_count=10")
+	if len(first.Entry) != 12 {
+		t.Fatalf("first page has %d entries, want 10 matches and 2 injected", len(first.Entry))
+	}
+	outcome, bad := first.Entry[10], first.Entry[11]
+	var oo testOutcome
+	if err := json.Unmarshal(outcome.Resource, &oo); err != nil || outcome.Search.Mode != "outcome" ||
+		oo.ResourceType != "OperationOutcome" || len(oo.Issue) != 1 || oo.Issue[0].Diagnostics != InjectedOutcomeDiagnostics {
+		t.Errorf("outcome entry: mode %q, resource %s", outcome.Search.Mode, outcome.Resource)
+	}
+	var head struct{ ResourceType, ID string }
+	if err := json.Unmarshal(bad.Resource, &head); err != nil || bad.Search.Mode != "match" || head.ResourceType != "Observation" || head.ID != "" {
+		t.Errorf("malformed entry: mode %q, resource %s; want an Observation match without id", bad.Search.Mode, bad.Resource)
+	}
+	if next := getBundle(t, first.link("next")); len(next.Entry) != 10 {
+		t.Errorf("second page has %d entries, want 10 matches and nothing injected", len(next.Entry))
+	}
+	if other := getBundle(t, ts.URL+"/fhir/Patient?_count=3"); len(other.Entry) != 3 {
+		t.Errorf("a Patient page has %d entries, want 3", len(other.Entry))
+	}
+	if err := srv.AddSearchNoise(""); err != nil {
+		t.Fatal(err)
+	}
+	if again := getBundle(t, ts.URL+"/fhir/Observation?_count=10"); len(again.Entry) != 10 {
+		t.Errorf("after removing the noise the first page has %d entries, want 10", len(again.Entry))
+	}
 }

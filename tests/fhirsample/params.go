@@ -40,6 +40,9 @@ type elementParam struct {
 // elementParams returns the reference and token parameters the server knows, sorted by name.
 func elementParams() []elementParam {
 	return []elementParam{
+		// author and performer reach a patient's compartment as a second
+		// parameter (DocumentReference, Observation): the export must search them.
+		{name: "author", kind: referenceParam, elements: []string{"author"}},
 		{name: "beneficiary", kind: referenceParam, elements: []string{"beneficiary"}, targetType: "Patient"},
 		{name: "category", kind: tokenParam, elements: []string{"category"}},
 		{name: "class", kind: tokenParam, elements: []string{"class"}},
@@ -48,6 +51,7 @@ func elementParams() []elementParam {
 		{name: "gender", kind: tokenParam, elements: []string{"gender"}},
 		{name: "intent", kind: tokenParam, elements: []string{"intent"}},
 		{name: "patient", kind: referenceParam, elements: []string{"patient", "subject"}, targetType: "Patient", absentOn: "Patient"},
+		{name: "performer", kind: referenceParam, elements: []string{"performer"}},
 		{name: "status", kind: tokenParam, elements: []string{"status"}},
 		{name: "subject", kind: referenceParam, elements: []string{"subject"}},
 		{name: "type", kind: tokenParam, elements: []string{"type"}},

@@ -92,10 +92,12 @@ type bundleLink struct {
 	URL      string `json:"url"`
 }
 
-// bundleEntry is a search match: its full URL and the stored resource bytes.
+// bundleEntry is a search match: its full URL and the stored resource bytes. An
+// injected entry may have another search mode (outcome) and no full URL.
 type bundleEntry struct {
 	fullURL string
 	raw     []byte
+	mode    string // search.mode; empty: match
 }
 
 // searchBundle is one page of a searchset Bundle.
@@ -129,15 +131,23 @@ func (b searchBundle) marshal() ([]byte, error) {
 		if i > 0 {
 			out.WriteByte(',')
 		}
-		fullURL, err := marshalJSON(e.fullURL)
-		if err != nil {
-			return nil, fmt.Errorf("encode entry fullUrl: %w", err)
+		out.WriteByte('{')
+		if e.fullURL != "" {
+			fullURL, err := marshalJSON(e.fullURL)
+			if err != nil {
+				return nil, fmt.Errorf("encode entry fullUrl: %w", err)
+			}
+			out.WriteString(`"fullUrl":`)
+			out.Write(fullURL)
+			out.WriteByte(',')
 		}
-		out.WriteString(`{"fullUrl":`)
-		out.Write(fullURL)
-		out.WriteString(`,"resource":`)
+		mode := e.mode
+		if mode == "" {
+			mode = "match"
+		}
+		out.WriteString(`"resource":`)
 		out.Write(e.raw)
-		out.WriteString(`,"search":{"mode":"match"}}`)
+		out.WriteString(`,"search":{"mode":"` + mode + `"}}`)
 	}
 	out.WriteString(`]}`)
 	return out.Bytes(), nil

@@ -323,6 +323,9 @@ func (s *Server) writeSearchPage(w http.ResponseWriter, r *http.Request, rt *res
 	for _, res := range page {
 		bundle.entries = append(bundle.entries, bundleEntry{fullURL: typeURL + "/" + res.id, raw: res.raw})
 	}
+	if offset == 0 {
+		bundle.entries = append(bundle.entries, s.faults.noise(rt.name)...)
+	}
 	if next := offset + len(page); len(page) > 0 && next < len(matches) {
 		nextURL, err := s.pageURL(typeURL, rt.name, q, next)
 		if err != nil {

@@ -644,7 +644,7 @@ func TestUnknownGroupIsNotFoundAtKickOff(t *testing.T) {
 func TestLenientWarningsBecomeAnErrorFile(t *testing.T) {
 	b := setup(t, Settings{}, nil)
 	population(b.source, 1, 1)
-	st := b.export(t, Request{Level: LevelSystem, Warnings: []string{"parameter _elements is not supported and was ignored"}}, 5)
+	st := b.export(t, Request{Level: LevelSystem, Warnings: []string{"parameter organizeOutputBy is not supported and was ignored"}}, 5)
 	if len(st.Errors) != 1 || st.Errors[0].Count != 1 {
 		t.Fatalf("errors %+v, want one file with one OperationOutcome", st.Errors)
 	}
@@ -653,7 +653,7 @@ func TestLenientWarningsBecomeAnErrorFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	data, _ := io.ReadAll(rc)
-	if !bytes.Contains(data, []byte(`"resourceType":"OperationOutcome"`)) || !bytes.Contains(data, []byte("_elements")) {
+	if !bytes.Contains(data, []byte(`"resourceType":"OperationOutcome"`)) || !bytes.Contains(data, []byte("organizeOutputBy")) {
 		t.Errorf("error file %s", data)
 	}
 }

@@ -44,10 +44,15 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 	if err := w.repair(ctx); err != nil {
 		return err
 	}
+	ew := newErrorWriter(e.blobs, job, item, e.set)
+	if err := ew.repair(ctx); err != nil {
+		return err
+	}
 	run, err := e.newItemRun(ctx, job, item)
 	if err != nil {
 		return err
 	}
+	run.errs = ew
 
 	cur := item.Cursor
 	lastCheckpoint, checkpoints := time.Now(), 0
@@ -67,12 +72,17 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 		outOfTime := time.Now().After(deadline)
 		stopping := at.stopping()
 		handOn := !finished && (outOfTime || stopping)
-		if !finished && !handOn && w.pending() < int64(e.set.BlockBytes) && time.Since(lastCheckpoint) < e.checkpointEvery(checkpoints) {
+		if !finished && !handOn && w.pending()+ew.pending() < int64(e.set.BlockBytes) && time.Since(lastCheckpoint) < e.checkpointEvery(checkpoints) {
 			continue
 		}
 
-		// Checkpoint: commit, then record where the committed data ends.
+		// Checkpoint: commit both writers, then record where the committed
+		// data ends. A crash between the commits is repaired like any other
+		// crash before the record: both files go back to their recorded blocks.
 		if err := w.commit(ctx); err != nil {
+			return err
+		}
+		if err := ew.commit(ctx); err != nil {
 			return err
 		}
 		item.Cursor = cur
@@ -92,7 +102,7 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 			return err
 		}
 		if finished {
-			log.Info().Int64("resources", item.Done).Int("files", len(item.Files)).Int64("duplicatesSkipped", item.Skipped).Msg("work item done")
+			log.Info().Int64("resources", item.Done).Int("files", len(item.Files)).Int64("duplicatesSkipped", item.Skipped).Int64("errors", item.ErrorCount).Msg("work item done")
 			return nil
 		}
 		if handOn {
@@ -117,11 +127,13 @@ type itemRun struct {
 	queries []string // OR-ed _typeFilter queries, or one empty query
 	batches int      // member batches (Patient/Group); 0 at system level
 	owner   map[string]int
-	link    fhir.CompartmentLink
-	members []string     // ids of the batch being searched
-	batchOf int          // which batch members holds (-1: none)
-	pos     position     // where the search stands, resource by resource
-	scratch bytes.Buffer // the resource being looked at, compacted
+	params  []fhir.CompartmentParam // compartment parameters searched (Patient/Group)
+	members []string                // ids of the batch being searched
+	batchOf int                     // which batch members holds (-1: none)
+	pos     position                // where the search stands, resource by resource
+	scratch bytes.Buffer            // the resource being looked at, compacted
+	errs    *fileWriter             // the item's error files
+	keep    elementSet              // _elements of the item's type; nil: resources are written whole
 
 	lastRestart restartPoint // where the last restart after a lost next link began
 }
@@ -179,7 +191,8 @@ func (p *position) pass(lastUpdated time.Time, id string) {
 }
 
 func (e *Engine) newItemRun(ctx context.Context, job *Job, item *WorkItem) (*itemRun, error) {
-	r := &itemRun{e: e, job: job, item: item, queries: filterQueries(job, item.Type), batchOf: -1}
+	r := &itemRun{e: e, job: job, item: item, queries: filterQueries(job, item.Type), batchOf: -1,
+		keep: elementsFor(job.Request.Elements, item.Type)}
 	if job.Request.Level == LevelSystem {
 		return r, nil
 	}
@@ -188,11 +201,12 @@ func (e *Engine) newItemRun(ctx context.Context, job *Job, item *WorkItem) (*ite
 		return nil, fmt.Errorf("read plan: %w", err)
 	}
 	r.batches = plan.Batches
-	r.link, _ = fhir.PatientCompartment(item.Type)
-	if item.Type != "Patient" && r.batches > 1 {
-		// A resource that names patients of several batches is found by the
-		// search of each of them; it is written only in the batch of the
-		// first of them, so it is written once.
+	r.params = itemParams(item)
+	if len(r.params)*r.batches > 1 {
+		// A resource that names patients of several batches, or a patient
+		// through several parameters, is found by the search of each
+		// (parameter, batch) pair; it is written only by the first of those
+		// pairs (ownsResource), so it is written once.
 		r.owner = make(map[string]int)
 		for b := range r.batches {
 			ids, err := e.store.GetMembers(ctx, job.ID, b)
@@ -217,9 +231,10 @@ func (r *itemRun) advance(c Cursor, next string) Cursor {
 	}
 	if next != "" {
 		c.Next = next
+		c.Page++
 		return c
 	}
-	c.Next, c.After, c.Ties = "", time.Time{}, nil
+	c.Next, c.After, c.Ties, c.Page = "", time.Time{}, nil, 0
 	r.pos = position{}
 	if r.batches > 0 {
 		c.Batch++
@@ -227,9 +242,23 @@ func (r *itemRun) advance(c Cursor, next string) Cursor {
 			return c
 		}
 		c.Batch = 0
+		c.Param++
+		if c.Param < len(r.params) {
+			return c
+		}
+		c.Param = 0
 	}
 	c.Query++
 	return c
+}
+
+// paramName is the compartment parameter the cursor's search uses ("" at
+// system level).
+func (r *itemRun) paramName(c Cursor) string {
+	if r.batches == 0 || c.Param >= len(r.params) {
+		return ""
+	}
+	return r.params[c.Param].Name
 }
 
 // batchMembers returns the member ids of batch b.
@@ -256,7 +285,7 @@ func (r *itemRun) pageURL(ctx context.Context, c Cursor) (string, error) {
 			return "", err
 		}
 	}
-	q := searchQuery(r.job, r.item.Type, r.queries[c.Query], members, r.e.set.PageSize)
+	q := searchQuery(r.job, r.queries[c.Query], r.paramName(c), members, r.e.set.PageSize)
 	return r.e.source.SearchURL(r.item.Type, q), nil
 }
 
@@ -304,30 +333,50 @@ func (r *itemRun) page(ctx context.Context, w *fileWriter, c Cursor) (string, er
 // visitPage fetches one page and writes the resources not passed before.
 func (r *itemRun) visitPage(ctx context.Context, w *fileWriter, c Cursor, pageURL string) (string, error) {
 	var held []heldResource
+	entry := 0
 	next, err := r.e.source.Page(ctx, pageURL, func(en Entry) error {
+		entry++
+		if en.Mode == "outcome" {
+			return r.writeOutcomeEntry(ctx, c, entry, en.Resource)
+		}
 		if en.Mode != "" && en.Mode != "match" {
-			if en.Mode == "outcome" {
-				zerolog.Ctx(ctx).Warn().RawJSON("outcome", en.Resource).Msg("the source reported an issue with a search")
-			}
 			return nil
 		}
 		r.scratch.Reset()
+		if len(bytes.TrimSpace(en.Resource)) == 0 {
+			return r.writeEntryError(ctx, c, entry, "the entry has no resource")
+		}
 		if err := json.Compact(&r.scratch, en.Resource); err != nil {
-			return fault.Wrap(fault.Permanent, err, "the source sent a %s resource that is not valid JSON", r.item.Type)
+			return r.writeEntryError(ctx, c, entry, "the resource is not valid JSON")
 		}
 		line := r.scratch.Bytes()
 		head := readHead(line)
-		if head.ResourceType != r.item.Type {
-			return fault.New(fault.Permanent, "the source answered a %s search with a %q resource", r.item.Type, head.ResourceType)
+		switch {
+		case line[0] != '{':
+			return r.writeEntryError(ctx, c, entry, "the resource is not a JSON object")
+		case head.ResourceType == "":
+			return r.writeEntryError(ctx, c, entry, "the resource has no resourceType")
+		case head.ResourceType != r.item.Type:
+			// Only the type is named: it is not the patient's data.
+			return r.writeEntryError(ctx, c, entry, fmt.Sprintf("the resource is of type %s, not %s", clipType(head.ResourceType), r.item.Type))
+		case head.ID == "":
+			return r.writeEntryError(ctx, c, entry, "the resource has no id")
 		}
 		id := head.ID
 		if r.pos.passed(head.LastUpdated, id) {
 			return nil
 		}
 		r.pos.pass(head.LastUpdated, id)
-		if r.owner != nil && !r.ownsResource(line, c.Batch) {
+		if r.owner != nil && !r.ownsResource(line, id, c.Param, c.Batch) {
 			r.item.Skipped++
 			return nil
+		}
+		if r.keep != nil { // _elements, after every decision that reads the whole resource
+			subset, err := subsetResource(line, r.keep)
+			if err != nil { // a meta or meta.tag not of the FHIR shape; the text is not passed on
+				return r.writeEntryError(ctx, c, entry, "_elements could not be applied: meta or meta.tag is malformed")
+			}
+			line = subset
 		}
 		if c.Query > 0 {
 			held = append(held, heldResource{id: id, json: bytes.Clone(line)})
@@ -344,6 +393,45 @@ func (r *itemRun) visitPage(ctx context.Context, w *fileWriter, c Cursor, pageUR
 		}
 	}
 	return next, nil
+}
+
+// writeOutcomeEntry copies a search outcome entry (the source's own message
+// about the search, such as a partial result) into the item's error files,
+// as the source sent it. One that is not an OperationOutcome object is
+// reported instead of copied.
+func (r *itemRun) writeOutcomeEntry(ctx context.Context, c Cursor, entry int, resource []byte) error {
+	r.scratch.Reset()
+	if json.Compact(&r.scratch, resource) != nil || r.scratch.Len() == 0 || r.scratch.Bytes()[0] != '{' ||
+		readHead(r.scratch.Bytes()).ResourceType != "OperationOutcome" {
+		return r.writeEntryError(ctx, c, entry, "the source sent a search outcome entry that is not an OperationOutcome")
+	}
+	zerolog.Ctx(ctx).Warn().Int("page", c.Page+1).Int("entry", entry).Msg("the source reported an issue with a search; copied to the error file")
+	return r.errs.add(ctx, r.scratch.Bytes())
+}
+
+// writeEntryError writes an OperationOutcome for an entry that cannot be
+// exported into the item's error files. It says where the entry was and
+// why, never what it held: a malformed resource may still carry PHI.
+func (r *itemRun) writeEntryError(ctx context.Context, c Cursor, entry int, why string) error {
+	where := r.item.Type + " search"
+	if len(r.queries) > 1 {
+		where += fmt.Sprintf(", _typeFilter query %d", c.Query+1)
+	}
+	if r.batches > 0 {
+		where += fmt.Sprintf(", parameter %s, member batch %d", r.paramName(c), c.Batch+1)
+	}
+	msg := fmt.Sprintf("%s, page %d, entry %d: %s; the entry was left out of the export", where, c.Page+1, entry, why)
+	zerolog.Ctx(ctx).Warn().Str("issue", msg).Msg("the source sent an entry that cannot be exported; reported in the error file")
+	return r.errs.add(ctx, fhir.NewOutcome("error", "processing", msg).JSON())
+}
+
+// clipType keeps a resourceType the source sent short and printable, for a
+// diagnostic: a real type name is letters only.
+func clipType(t string) string {
+	if len(t) > 64 || strings.IndexFunc(t, func(c rune) bool { return !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z') }) >= 0 {
+		return "(an invalid type name)"
+	}
+	return t
 }
 
 type heldResource struct {
@@ -367,7 +455,7 @@ func (r *itemRun) writeUnmatchedByEarlierQueries(ctx context.Context, w *fileWri
 				return err
 			}
 		}
-		query := searchQuery(r.job, r.item.Type, r.queries[q], members, len(ids)) + "&_id=" + url.QueryEscape(strings.Join(ids, ","))
+		query := searchQuery(r.job, r.queries[q], r.paramName(c), members, len(ids)) + "&_id=" + url.QueryEscape(strings.Join(ids, ","))
 		next := r.e.source.SearchURL(r.item.Type, query)
 		for next != "" {
 			var err error
@@ -394,21 +482,37 @@ func (r *itemRun) writeUnmatchedByEarlierQueries(ctx context.Context, w *fileWri
 	return nil
 }
 
-// ownsResource reports whether a resource found by the search of batch b
-// belongs to that batch: the first member patient it names (in the sorted
-// member order) is in b. A resource naming no member is written where found.
-func (r *itemRun) ownsResource(resource []byte, b int) bool {
-	first := -1
-	for _, ref := range references(resource, r.link.Elements) {
-		id, ok := patientID(ref)
-		if !ok {
-			continue
+// ownsResource reports whether a resource found by the search of parameter
+// p and member batch b is written there. Of all (parameter, batch) pairs whose
+// search finds the resource, the first in search order (parameters in R4
+// order, then batches) writes it. That pair is read from the resource itself:
+// the first parameter at whose element paths it names a member patient, and
+// the first batch among the members named there (members are sorted, batches
+// contiguous). It depends on nothing an invocation remembers, so a resource is
+// written once however often a search is repeated after a crash. A resource
+// that names no member where we look is written where found.
+func (r *itemRun) ownsResource(resource []byte, id string, p, b int) bool {
+	for i, prm := range r.params {
+		first := -1
+		if prm.Name == "_id" {
+			if ob, member := r.owner[id]; member {
+				first = ob
+			}
 		}
-		if ob, member := r.owner[id]; member && (first < 0 || ob < first) {
-			first = ob
+		for _, ref := range references(resource, prm.Paths) {
+			pid, ok := patientID(ref)
+			if !ok {
+				continue
+			}
+			if ob, member := r.owner[pid]; member && (first < 0 || ob < first) {
+				first = ob
+			}
+		}
+		if first >= 0 {
+			return i == p && first == b
 		}
 	}
-	return first < 0 || first == b
+	return true
 }
 
 // references returns the Reference.reference strings at the given dotted

@@ -30,6 +30,9 @@ type fakeSource struct {
 	// expireAfter makes every next link fail as expired once that many
 	// pages have been served (0: never).
 	expireAfter int
+	// params, when set, is what SearchParams answers: the source's
+	// CapabilityStatement search parameters by type.
+	params map[string][]string
 }
 
 type fakeResource struct {
@@ -66,6 +69,10 @@ func (s *fakeSource) Types(ctx context.Context) ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+func (s *fakeSource) SearchParams(ctx context.Context) (map[string][]string, error) {
+	return s.params, nil
 }
 
 func (s *fakeSource) Read(ctx context.Context, typ, id string) ([]byte, error) {
@@ -177,10 +184,14 @@ func matches(r fakeResource, q url.Values) bool {
 				if !slices.Contains(strings.Split(v, ","), r.id) {
 					return false
 				}
-			case "patient", "subject":
+			case "patient", "subject", "performer", "author":
 				refs := strings.Split(v, ",")
 				found := false
-				for _, field := range []string{"patient", "subject"} {
+				fields := []string{key}
+				if key == "patient" || key == "subject" {
+					fields = []string{"patient", "subject"}
+				}
+				for _, field := range fields {
 					for _, ref := range fieldRefs(r.fields[field]) {
 						if slices.Contains(refs, ref) {
 							found = true

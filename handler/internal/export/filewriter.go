@@ -15,10 +15,15 @@ type fileWriter struct {
 	blobs     Blobs
 	container string
 	folder    string // "<jobID>/"
-	typ       string
+	typ       string // the file name prefix: the resource type, or "<Type>-errors"
 	maxBytes  int64
 	blockSize int
-	item      *WorkItem // Files and Blocks are updated in place
+	// The item's record of this writer's files, updated in place: Files,
+	// Blocks, BlobETag and Done for output, their Error* twins for errors.
+	files  *[]File
+	blocks *int
+	etag   *string
+	done   *int64
 
 	buf        bytes.Buffer // lines not yet staged
 	bufLines   int64
@@ -35,9 +40,27 @@ func newFileWriter(blobs Blobs, job *Job, item *WorkItem, set Settings) *fileWri
 		typ:       item.Type,
 		maxBytes:  set.MaxFileBytes,
 		blockSize: set.BlockBytes,
-		item:      item,
+		files:     &item.Files,
+		blocks:    &item.Blocks,
+		etag:      &item.BlobETag,
+		done:      &item.Done,
 	}
 }
+
+// newErrorWriter writes the item's error files (<Type>-errors-<n>.ndjson).
+// It is a second writer of the same kind, recorded in the item's Error*
+// fields, so its lines are committed, repaired and fenced exactly as output.
+func newErrorWriter(blobs Blobs, job *Job, item *WorkItem, set Settings) *fileWriter {
+	w := newFileWriter(blobs, job, item, set)
+	w.typ = errorFilePrefix(item.Type)
+	w.files, w.blocks, w.etag, w.done = &item.ErrorFiles, &item.ErrorBlocks, &item.ErrorBlobETag, &item.ErrorCount
+	// Error lines are few: a small buffer, not an output block.
+	w.blockSize = min(w.blockSize, 64<<10)
+	return w
+}
+
+// errorFilePrefix is the name prefix of the error files of type typ.
+func errorFilePrefix(typ string) string { return typ + "-errors" }
 
 // fileName is the name of part n (1-based) of type typ within the job folder.
 func fileName(typ string, n int) string { return fmt.Sprintf("%s-%d.ndjson", typ, n) }
@@ -49,16 +72,16 @@ func (w *fileWriter) blobName(name string) string { return w.folder + name }
 // a lost invocation committed after the last record), and the file after it,
 // which a crash during a roll-over may have created, is deleted.
 func (w *fileWriter) repair(ctx context.Context) error {
-	n := len(w.item.Files)
+	n := len(*w.files)
 	if n > 0 {
-		last := w.item.Files[n-1]
+		last := (*w.files)[n-1]
 		// Unconditional: whatever a lost invocation committed after the last
 		// record is dropped, and its later commits fail on the new ETag.
-		etag, err := w.blobs.CommitBlocks(ctx, w.container, w.blobName(last.Name), w.item.Blocks, Condition{})
+		etag, err := w.blobs.CommitBlocks(ctx, w.container, w.blobName(last.Name), *w.blocks, Condition{})
 		if err != nil {
 			return fmt.Errorf("repair %s: %w", last.Name, err)
 		}
-		w.item.BlobETag = etag
+		*w.etag = etag
 	}
 	if err := w.blobs.Delete(ctx, w.container, w.blobName(fileName(w.typ, n+1))); err != nil {
 		return fmt.Errorf("repair: delete unrecorded %s: %w", fileName(w.typ, n+1), err)
@@ -97,8 +120,8 @@ func (w *fileWriter) add(ctx context.Context, compact []byte) error {
 
 // currentBytes is the committed size of the last file (0 if there is none).
 func (w *fileWriter) currentBytes() int64 {
-	if n := len(w.item.Files); n > 0 {
-		return w.item.Files[n-1].Bytes
+	if n := len(*w.files); n > 0 {
+		return (*w.files)[n-1].Bytes
 	}
 	return 0
 }
@@ -109,10 +132,10 @@ func (w *fileWriter) stage(ctx context.Context) error {
 	if w.buf.Len() == 0 {
 		return nil
 	}
-	if len(w.item.Files) == 0 {
+	if len(*w.files) == 0 {
 		w.startFile()
 	}
-	if w.item.Blocks+w.staged >= MaxBlocksPerBlob-1 {
+	if *w.blocks+w.staged >= MaxBlocksPerBlob-1 {
 		// The blob is full of small blocks: finish it and go on in a new file.
 		pending := bytes.Clone(w.buf.Bytes())
 		lines := w.bufLines
@@ -124,8 +147,8 @@ func (w *fileWriter) stage(ctx context.Context) error {
 		w.buf.Write(pending)
 		w.bufLines = lines
 	}
-	last := w.item.Files[len(w.item.Files)-1]
-	block := w.item.Blocks + w.staged
+	last := (*w.files)[len(*w.files)-1]
+	block := *w.blocks + w.staged
 	if err := w.blobs.StageBlock(ctx, w.container, w.blobName(last.Name), block, w.buf.Bytes()); err != nil {
 		return fmt.Errorf("stage block %d of %s: %w", block, last.Name, err)
 	}
@@ -138,9 +161,9 @@ func (w *fileWriter) stage(ctx context.Context) error {
 }
 
 func (w *fileWriter) startFile() {
-	w.item.Files = append(w.item.Files, File{Name: fileName(w.typ, len(w.item.Files)+1)})
-	w.item.Blocks = 0
-	w.item.BlobETag = ""
+	*w.files = append(*w.files, File{Name: fileName(w.typ, len(*w.files)+1)})
+	*w.blocks = 0
+	*w.etag = ""
 }
 
 // commit stages what is buffered and commits the last file's block list. The
@@ -152,23 +175,23 @@ func (w *fileWriter) commit(ctx context.Context) error {
 	if w.staged == 0 {
 		return nil
 	}
-	i := len(w.item.Files) - 1
-	blocks := w.item.Blocks + w.staged
+	i := len(*w.files) - 1
+	blocks := *w.blocks + w.staged
 	// Fencing: a file is created only if it does not exist, and extended only
 	// if nobody committed it since our last commit.
-	cond := Condition{IfMatch: w.item.BlobETag}
-	if w.item.Blocks == 0 {
+	cond := Condition{IfMatch: *w.etag}
+	if *w.blocks == 0 {
 		cond = Condition{IfMissing: true}
 	}
-	etag, err := w.blobs.CommitBlocks(ctx, w.container, w.blobName(w.item.Files[i].Name), blocks, cond)
+	etag, err := w.blobs.CommitBlocks(ctx, w.container, w.blobName((*w.files)[i].Name), blocks, cond)
 	if err != nil {
-		return fmt.Errorf("commit %s: %w", w.item.Files[i].Name, err)
+		return fmt.Errorf("commit %s: %w", (*w.files)[i].Name, err)
 	}
-	w.item.Blocks = blocks
-	w.item.BlobETag = etag
-	w.item.Files[i].Bytes += w.stagedSize
-	w.item.Files[i].Count += w.stagedCnt
-	w.item.Done += w.stagedCnt
+	*w.blocks = blocks
+	*w.etag = etag
+	(*w.files)[i].Bytes += w.stagedSize
+	(*w.files)[i].Count += w.stagedCnt
+	*w.done += w.stagedCnt
 	w.staged, w.stagedSize, w.stagedCnt = 0, 0, 0
 	return nil
 }
@@ -184,7 +207,7 @@ func (w *fileWriter) roll(ctx context.Context) error {
 
 // removeAll deletes every file of the item (used when the job is cancelled).
 func (w *fileWriter) removeAll(ctx context.Context) error {
-	for i := range len(w.item.Files) + 1 {
+	for i := range len(*w.files) + 1 {
 		if err := w.blobs.Delete(ctx, w.container, w.blobName(fileName(w.typ, i+1))); err != nil {
 			return err
 		}

@@ -23,15 +23,21 @@ type TypeFilter struct {
 // Request is a validated kick-off request. The HTTP API builds it; the engine
 // trusts it.
 type Request struct {
-	Level        Level        `json:"level"`
-	GroupID      string       `json:"groupId,omitempty"`
-	Types        []string     `json:"types,omitempty"` // empty: every type in scope
-	Since        *time.Time   `json:"since,omitempty"`
-	TypeFilters  []TypeFilter `json:"typeFilters,omitempty"`
-	Container    string       `json:"container"`
-	OutputFormat string       `json:"outputFormat"`
-	RequestURL   string       `json:"request"`            // the kick-off URL, for the manifest
-	Warnings     []string     `json:"warnings,omitempty"` // ignored parameters under handling=lenient
+	Level       Level        `json:"level"`
+	GroupID     string       `json:"groupId,omitempty"`
+	Types       []string     `json:"types,omitempty"` // empty: every type in scope
+	Since       *time.Time   `json:"since,omitempty"`
+	Until       *time.Time   `json:"until,omitempty"` // _until: searches stop at the earlier of it and transactionTime
+	TypeFilters []TypeFilter `json:"typeFilters,omitempty"`
+	// Elements is _elements: "name" (every type) or "Type.name" (that type
+	// only), top-level element names. A resource of a type any entry applies
+	// to keeps only those, resourceType, id, meta and the elements R4
+	// requires, and is tagged SUBSETTED.
+	Elements     []string `json:"elements,omitempty"`
+	Container    string   `json:"container"`
+	OutputFormat string   `json:"outputFormat"`
+	RequestURL   string   `json:"request"`            // the kick-off URL, for the manifest
+	Warnings     []string `json:"warnings,omitempty"` // ignored parameters under handling=lenient
 	// Owner is the key of the client that started the job (the HTTP API sets
 	// auth.Principal.OwnerKey()). Only that client sees the job: Status,
 	// Cancel and OpenFile answer fault.NotFound to any other.
@@ -83,9 +89,14 @@ type File struct {
 // Cursor is where a work item stands in the source. It is recorded with every
 // commit, so a redelivered or continued item resumes exactly there.
 type Cursor struct {
-	Query int    `json:"query"`          // index of the _typeFilter query being run (OR-ed queries run one by one)
-	Batch int    `json:"batch"`          // Patient/Group: index of the member batch being searched
+	Query int `json:"query"` // index of the _typeFilter query being run (OR-ed queries run one by one)
+	Batch int `json:"batch"` // Patient/Group: index of the member batch being searched
+	// Param is the index in WorkItem.Params of the compartment parameter being
+	// searched (Patient/Group). Each (Param, Batch) pair is one search; rows
+	// written before it existed read 0, the first parameter.
+	Param int    `json:"param,omitempty"`
 	Next  string `json:"next,omitempty"` // the next page to fetch; empty: start the batch (or the search) afresh
+	Page  int    `json:"page,omitempty"` // pages of this query and batch passed so far (names a page in error files)
 
 	// The search is sorted by _lastUpdated. After is the lastUpdated of the
 	// last resource passed and Ties the ids passed at exactly that instant, so
@@ -102,13 +113,27 @@ type WorkItem struct {
 	Type  string    `json:"type"` // resource type; empty for the plan item
 	State ItemState `json:"state"`
 
-	Cursor   Cursor `json:"cursor"`
-	Files    []File `json:"files,omitempty"`    // committed files in order; the last one may still grow
-	Blocks   int    `json:"blocks,omitempty"`   // committed blocks of the last file
-	BlobETag string `json:"blobETag,omitempty"` // ETag of the last file after its last commit: the next commit is If-Match on it
-	Done     int64  `json:"done"`               // resources written so far
-	Expected int64  `json:"expected,omitempty"` // source's count, when known (progress only)
-	Skipped  int64  `json:"skipped,omitempty"`  // duplicates suppressed across member batches
+	Cursor Cursor `json:"cursor"`
+	// Params are the Patient compartment parameters the item searches, in the
+	// R4 order (Patient/Group): those of fhir.PatientCompartment the source's
+	// CapabilityStatement supports, fixed by the plan so that every invocation
+	// agrees on which search owns a resource. Rows written before it existed
+	// have none and search the type's first parameter only, as planned.
+	Params   []string `json:"params,omitempty"`
+	Files    []File   `json:"files,omitempty"`    // committed files in order; the last one may still grow
+	Blocks   int      `json:"blocks,omitempty"`   // committed blocks of the last file
+	BlobETag string   `json:"blobETag,omitempty"` // ETag of the last file after its last commit: the next commit is If-Match on it
+	Done     int64    `json:"done"`               // resources written so far
+	Expected int64    `json:"expected,omitempty"` // source's count, when known (progress only)
+	Skipped  int64    `json:"skipped,omitempty"`  // duplicates suppressed across member batches and compartment parameters
+
+	// The item's error files (<Type>-errors-<n>.ndjson): one OperationOutcome
+	// a line for each search outcome entry the source sent and each resource
+	// that could not be exported. They are written and fenced like Files.
+	ErrorFiles    []File `json:"errorFiles,omitempty"`
+	ErrorBlocks   int    `json:"errorBlocks,omitempty"`
+	ErrorBlobETag string `json:"errorBlobETag,omitempty"`
+	ErrorCount    int64  `json:"errorCount,omitempty"` // lines in ErrorFiles
 
 	Failure     string `json:"failure,omitempty"`     // why the item failed
 	FailureCode string `json:"failureCode,omitempty"` // FHIR issue code of the failure

@@ -49,7 +49,25 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 	var work []*WorkItem
 	var expected int64
 	exact := job.Request.Level == LevelSystem
+	warnings := slices.Clone(job.Request.Warnings)
+	var supported map[string][]string
+	if job.Request.Level != LevelSystem && len(types) > 0 {
+		if supported, err = e.source.SearchParams(ctx); err != nil {
+			return fmt.Errorf("read the source's search parameters: %w", err)
+		}
+	}
 	for _, t := range types {
+		var params []string
+		if job.Request.Level != LevelSystem {
+			var skipped []string
+			params, skipped = compartmentParams(t, supported[t])
+			for _, name := range skipped {
+				warnings = append(warnings, fmt.Sprintf("The source FHIR server does not support the search parameter %s on %s, by which a resource joins the Patient compartment; %s resources that are in a member's compartment only through it are not in this export.", name, t, t))
+			}
+			if len(params) == 0 {
+				continue
+			}
+		}
 		n, err := e.source.Count(ctx, t, boundsQuery(job).Encode())
 		if err != nil {
 			return fmt.Errorf("count %s on the source: %w", t, err)
@@ -61,10 +79,10 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 			exact = false
 		}
 		expected += n
-		work = append(work, &WorkItem{JobID: job.ID, ID: t, Type: t, State: ItemPending, Expected: n, UpdatedAt: e.now().UTC()})
+		work = append(work, &WorkItem{JobID: job.ID, ID: t, Type: t, State: ItemPending, Expected: n, UpdatedAt: e.now().UTC(), Params: params})
 	}
 
-	if err := e.writeWarnings(ctx, job, item); err != nil {
+	if err := e.writeWarnings(ctx, job, item, warnings); err != nil {
 		return err
 	}
 	for _, w := range work {
@@ -203,14 +221,15 @@ func patientID(ref string) (string, bool) {
 }
 
 // writeWarnings writes the job's warnings (parameters ignored under
-// handling=lenient) as an NDJSON file of OperationOutcomes, recorded on the
-// plan item so the manifest lists it under "error".
-func (e *Engine) writeWarnings(ctx context.Context, job *Job, item *WorkItem) error {
-	if len(job.Request.Warnings) == 0 {
+// handling=lenient, compartment parameters the source cannot search) as an
+// NDJSON file of OperationOutcomes, recorded on the plan item so the manifest
+// lists it under "error".
+func (e *Engine) writeWarnings(ctx context.Context, job *Job, item *WorkItem, warnings []string) error {
+	if len(warnings) == 0 {
 		return nil
 	}
 	var buf []byte
-	for _, w := range job.Request.Warnings {
+	for _, w := range warnings {
 		buf = append(buf, fhir.NewOutcome("warning", "not-supported", w).JSON()...)
 		buf = append(buf, '\n')
 	}
@@ -222,7 +241,7 @@ func (e *Engine) writeWarnings(ctx context.Context, job *Job, item *WorkItem) er
 	if _, err := e.blobs.CommitBlocks(ctx, job.Request.Container, blob, 1, Condition{}); err != nil {
 		return fmt.Errorf("write warnings: %w", err)
 	}
-	item.Files = []File{{Name: name, Count: int64(len(job.Request.Warnings)), Bytes: int64(len(buf))}}
+	item.Files = []File{{Name: name, Count: int64(len(warnings)), Bytes: int64(len(buf))}}
 	item.Blocks = 1
 	return nil
 }

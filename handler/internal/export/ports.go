@@ -111,6 +111,10 @@ type Source interface {
 	Now(ctx context.Context) (time.Time, error)
 	// Types lists the resource types the source's CapabilityStatement can search.
 	Types(ctx context.Context) ([]string, error)
+	// SearchParams lists, by resource type, the search parameters the source's
+	// CapabilityStatement declares. A type it declares no parameters for is
+	// absent (the statement says nothing about it).
+	SearchParams(ctx context.Context) (map[string][]string, error)
 	// Read returns one resource; fault.NotFound if the source has none.
 	Read(ctx context.Context, resourceType, id string) ([]byte, error)
 	// SearchURL builds the absolute URL of the first page of a search.

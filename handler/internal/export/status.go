@@ -116,6 +116,12 @@ func deriveStatus(job *Job, items []*WorkItem) *Status {
 				st.Output = append(st.Output, of)
 			}
 		}
+		// Search outcome entries and entries that could not be exported.
+		for _, f := range it.ErrorFiles {
+			if f.Count > 0 {
+				st.Errors = append(st.Errors, OutputFile{Type: "OperationOutcome", Name: f.Name, Count: f.Count})
+			}
+		}
 	}
 	return st
 }

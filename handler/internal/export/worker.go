@@ -299,8 +299,9 @@ func (e *Engine) removeItemFiles(ctx context.Context, job *Job, item *WorkItem) 
 		}
 		return
 	}
-	w := newFileWriter(e.blobs, job, item, e.set)
-	if err := w.removeAll(ctx); err != nil {
-		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not delete the files of a cancelled work item")
+	for _, w := range []*fileWriter{newFileWriter(e.blobs, job, item, e.set), newErrorWriter(e.blobs, job, item, e.set)} {
+		if err := w.removeAll(ctx); err != nil {
+			zerolog.Ctx(ctx).Warn().Err(err).Msg("could not delete the files of a cancelled work item")
+		}
 	}
 }

@@ -63,93 +63,104 @@ var notExportable = map[string]bool{
 // IsExportable reports whether t is a resource type a system export may hold.
 func IsExportable(t string) bool { return resourceTypeSet[t] && !notExportable[t] }
 
-// CompartmentLink says how a resource type belongs to the Patient compartment:
-// the search parameter that finds a patient's resources, and the elements
-// behind it that name the patient.
-type CompartmentLink struct {
-	Param    string   // search parameter, e.g. "patient"; "_id" for Patient itself
-	Elements []string // dotted element paths holding the Reference, e.g. "subject"
+// CompartmentParam is one search parameter that puts a resource in the
+// Patient compartment, with the element paths its R4 SearchParameter
+// expression reads, so that the engine can tell from a resource's own content
+// which parameters reach which patients.
+type CompartmentParam struct {
+	Name  string   // search parameter code, e.g. "performer"; "_id" for Patient itself
+	Paths []string // dotted element paths holding the References, e.g. "payee.party"
 }
 
-// patientCompartment maps the R4 Patient compartment types
-// (CompartmentDefinition/patient) to the one search parameter we search them
-// by. Where R4 lists several parameters (Observation: subject, performer), we
-// use the one that names the patient the resource is about; resources that
-// reach the compartment only through an author or performer are not
-// exported at Patient/Group level (docs/design.md). Device is not in the R4
-// compartment but is included, as the IG allows, because a patient's devices
-// are part of their record.
-var patientCompartment = map[string]CompartmentLink{
-	"Account":                     {"patient", []string{"subject"}},
-	"AdverseEvent":                {"subject", []string{"subject"}},
-	"AllergyIntolerance":          {"patient", []string{"patient"}},
-	"Appointment":                 {"patient", []string{"participant.actor"}},
-	"AppointmentResponse":         {"patient", []string{"actor"}},
-	"AuditEvent":                  {"patient", []string{"agent.who", "entity.what"}},
-	"Basic":                       {"patient", []string{"subject"}},
-	"BodyStructure":               {"patient", []string{"patient"}},
-	"CarePlan":                    {"patient", []string{"subject"}},
-	"CareTeam":                    {"patient", []string{"subject"}},
-	"ChargeItem":                  {"patient", []string{"subject"}},
-	"Claim":                       {"patient", []string{"patient"}},
-	"ClaimResponse":               {"patient", []string{"patient"}},
-	"ClinicalImpression":          {"patient", []string{"subject"}},
-	"Communication":               {"patient", []string{"subject"}},
-	"CommunicationRequest":        {"patient", []string{"subject"}},
-	"Composition":                 {"patient", []string{"subject"}},
-	"Condition":                   {"patient", []string{"subject"}},
-	"Consent":                     {"patient", []string{"patient"}},
-	"Coverage":                    {"beneficiary", []string{"beneficiary"}},
-	"CoverageEligibilityRequest":  {"patient", []string{"patient"}},
-	"CoverageEligibilityResponse": {"patient", []string{"patient"}},
-	"DetectedIssue":               {"patient", []string{"patient"}},
-	"Device":                      {"patient", []string{"patient"}},
-	"DeviceRequest":               {"patient", []string{"subject"}},
-	"DeviceUseStatement":          {"patient", []string{"subject"}},
-	"DiagnosticReport":            {"patient", []string{"subject"}},
-	"DocumentManifest":            {"patient", []string{"subject"}},
-	"DocumentReference":           {"patient", []string{"subject"}},
-	"Encounter":                   {"patient", []string{"subject"}},
-	"EnrollmentRequest":           {"patient", []string{"candidate"}},
-	"EpisodeOfCare":               {"patient", []string{"patient"}},
-	"ExplanationOfBenefit":        {"patient", []string{"patient"}},
-	"FamilyMemberHistory":         {"patient", []string{"patient"}},
-	"Flag":                        {"patient", []string{"subject"}},
-	"Goal":                        {"patient", []string{"subject"}},
-	"ImagingStudy":                {"patient", []string{"subject"}},
-	"Immunization":                {"patient", []string{"patient"}},
-	"ImmunizationEvaluation":      {"patient", []string{"patient"}},
-	"ImmunizationRecommendation":  {"patient", []string{"patient"}},
-	"Invoice":                     {"patient", []string{"subject"}},
-	"List":                        {"patient", []string{"subject"}},
-	"MeasureReport":               {"patient", []string{"subject"}},
-	"Media":                       {"patient", []string{"subject"}},
-	"MedicationAdministration":    {"patient", []string{"subject"}},
-	"MedicationDispense":          {"patient", []string{"subject"}},
-	"MedicationRequest":           {"patient", []string{"subject"}},
-	"MedicationStatement":         {"patient", []string{"subject"}},
-	"MolecularSequence":           {"patient", []string{"patient"}},
-	"NutritionOrder":              {"patient", []string{"patient"}},
-	"Observation":                 {"patient", []string{"subject"}},
-	"Patient":                     {"_id", nil},
-	"Person":                      {"patient", []string{"link.target"}},
-	"Procedure":                   {"patient", []string{"subject"}},
-	"Provenance":                  {"patient", []string{"target"}},
-	"QuestionnaireResponse":       {"patient", []string{"subject"}},
-	"RelatedPerson":               {"patient", []string{"patient"}},
-	"RequestGroup":                {"patient", []string{"subject"}},
-	"ResearchSubject":             {"individual", []string{"individual"}},
-	"RiskAssessment":              {"patient", []string{"subject"}},
-	"Schedule":                    {"actor", []string{"actor"}},
-	"ServiceRequest":              {"patient", []string{"subject"}},
-	"Specimen":                    {"patient", []string{"subject"}},
-	"SupplyDelivery":              {"patient", []string{"patient"}},
-	"VisionPrescription":          {"patient", []string{"patient"}},
+// cp builds a CompartmentParam.
+func cp(name string, paths ...string) CompartmentParam { return CompartmentParam{name, paths} }
+
+// patientCompartment is the R4 (4.0.1) Patient CompartmentDefinition as data:
+// for each type, every search parameter that puts a resource in a patient's
+// compartment, in the order the definition lists them. Source:
+// http://hl7.org/fhir/R4/compartmentdefinition-patient.json ("resource"[].param),
+// and for the paths the "expression" of each parameter in the R4
+// search-parameters.json (a "where(resolve() is Patient)" is dropped: the
+// engine only takes Patient references from a path anyway).
+//
+// Two deliberate differences: Patient is searched by "_id" first (the
+// compartment's identity, which the definition states in prose) and then
+// "link"; Device is not in the R4 compartment but is kept, as the IG allows,
+// because a patient's devices are part of their record. Group ("member") is
+// left out: a Group is the export's input, not a patient's data.
+var patientCompartment = map[string][]CompartmentParam{
+	"Account":                     {cp("subject", "subject")},
+	"AdverseEvent":                {cp("subject", "subject")},
+	"AllergyIntolerance":          {cp("patient", "patient"), cp("recorder", "recorder"), cp("asserter", "asserter")},
+	"Appointment":                 {cp("actor", "participant.actor")},
+	"AppointmentResponse":         {cp("actor", "actor")},
+	"AuditEvent":                  {cp("patient", "agent.who", "entity.what")},
+	"Basic":                       {cp("patient", "subject"), cp("author", "author")},
+	"BodyStructure":               {cp("patient", "patient")},
+	"CarePlan":                    {cp("patient", "subject"), cp("performer", "activity.detail.performer")},
+	"CareTeam":                    {cp("patient", "subject"), cp("participant", "participant.member")},
+	"ChargeItem":                  {cp("subject", "subject")},
+	"Claim":                       {cp("patient", "patient"), cp("payee", "payee.party")},
+	"ClaimResponse":               {cp("patient", "patient")},
+	"ClinicalImpression":          {cp("subject", "subject")},
+	"Communication":               {cp("subject", "subject"), cp("sender", "sender"), cp("recipient", "recipient")},
+	"CommunicationRequest":        {cp("subject", "subject"), cp("sender", "sender"), cp("recipient", "recipient"), cp("requester", "requester")},
+	"Composition":                 {cp("subject", "subject"), cp("author", "author"), cp("attester", "attester.party")},
+	"Condition":                   {cp("patient", "subject"), cp("asserter", "asserter")},
+	"Consent":                     {cp("patient", "patient")},
+	"Coverage":                    {cp("policy-holder", "policyHolder"), cp("subscriber", "subscriber"), cp("beneficiary", "beneficiary"), cp("payor", "payor")},
+	"CoverageEligibilityRequest":  {cp("patient", "patient")},
+	"CoverageEligibilityResponse": {cp("patient", "patient")},
+	"DetectedIssue":               {cp("patient", "patient")},
+	"Device":                      {cp("patient", "patient")},
+	"DeviceRequest":               {cp("subject", "subject"), cp("performer", "performer")},
+	"DeviceUseStatement":          {cp("subject", "subject")},
+	"DiagnosticReport":            {cp("subject", "subject")},
+	"DocumentManifest":            {cp("subject", "subject"), cp("author", "author"), cp("recipient", "recipient")},
+	"DocumentReference":           {cp("subject", "subject"), cp("author", "author")},
+	"Encounter":                   {cp("patient", "subject")},
+	"EnrollmentRequest":           {cp("subject", "candidate")},
+	"EpisodeOfCare":               {cp("patient", "patient")},
+	"ExplanationOfBenefit":        {cp("patient", "patient"), cp("payee", "payee.party")},
+	"FamilyMemberHistory":         {cp("patient", "patient")},
+	"Flag":                        {cp("patient", "subject")},
+	"Goal":                        {cp("patient", "subject")},
+	"ImagingStudy":                {cp("patient", "subject")},
+	"Immunization":                {cp("patient", "patient")},
+	"ImmunizationEvaluation":      {cp("patient", "patient")},
+	"ImmunizationRecommendation":  {cp("patient", "patient")},
+	"Invoice":                     {cp("subject", "subject"), cp("patient", "subject"), cp("recipient", "recipient")},
+	"List":                        {cp("subject", "subject"), cp("source", "source")},
+	"MeasureReport":               {cp("patient", "subject")},
+	"Media":                       {cp("subject", "subject")},
+	"MedicationAdministration":    {cp("patient", "subject"), cp("performer", "performer.actor"), cp("subject", "subject")},
+	"MedicationDispense":          {cp("subject", "subject"), cp("patient", "subject"), cp("receiver", "receiver")},
+	"MedicationRequest":           {cp("subject", "subject")},
+	"MedicationStatement":         {cp("subject", "subject")},
+	"MolecularSequence":           {cp("patient", "patient")},
+	"NutritionOrder":              {cp("patient", "patient")},
+	"Observation":                 {cp("subject", "subject"), cp("performer", "performer")},
+	"Patient":                     {cp("_id"), cp("link", "link.other")},
+	"Person":                      {cp("patient", "link.target")},
+	"Procedure":                   {cp("patient", "subject"), cp("performer", "performer.actor")},
+	"Provenance":                  {cp("patient", "target")},
+	"QuestionnaireResponse":       {cp("subject", "subject"), cp("author", "author")},
+	"RelatedPerson":               {cp("patient", "patient")},
+	"RequestGroup":                {cp("subject", "subject"), cp("participant", "action.participant")},
+	"ResearchSubject":             {cp("individual", "individual")},
+	"RiskAssessment":              {cp("subject", "subject")},
+	"Schedule":                    {cp("actor", "actor")},
+	"ServiceRequest":              {cp("subject", "subject"), cp("performer", "performer")},
+	"Specimen":                    {cp("subject", "subject")},
+	"SupplyDelivery":              {cp("patient", "patient")},
+	"SupplyRequest":               {cp("subject", "deliverTo")},
+	"VisionPrescription":          {cp("patient", "patient")},
 }
 
-// PatientCompartment returns how type t joins the Patient compartment, and
-// false if t is not in it.
-func PatientCompartment(t string) (CompartmentLink, bool) {
+// PatientCompartment returns the parameters by which type t joins the
+// Patient compartment, in order, and false if t is not in it. The slice is
+// shared: do not modify it.
+func PatientCompartment(t string) ([]CompartmentParam, bool) {
 	l, ok := patientCompartment[t]
 	return l, ok
 }

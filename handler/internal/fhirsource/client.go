@@ -200,23 +200,27 @@ func (c *Client) Now(ctx context.Context) (time.Time, error) {
 	return now.UTC(), nil
 }
 
-// Types lists the resource types the source's CapabilityStatement declares
-// for rest mode server with the search-type interaction (or with no
-// interaction list), in its order and without duplicates.
-func (c *Client) Types(ctx context.Context) ([]string, error) {
+// sourceCapabilities is the part of a CapabilityStatement the client reads.
+type sourceCapabilities struct {
+	ResourceType string `json:"resourceType"`
+	Rest         []struct {
+		Mode     string `json:"mode"`
+		Resource []struct {
+			Type        string `json:"type"`
+			Interaction []struct {
+				Code string `json:"code"`
+			} `json:"interaction"`
+			SearchParam []struct {
+				Name string `json:"name"`
+			} `json:"searchParam"`
+		} `json:"resource"`
+	} `json:"rest"`
+}
+
+// capabilities reads the source's CapabilityStatement.
+func (c *Client) capabilities(ctx context.Context) (*sourceCapabilities, error) {
 	u := c.endpoint("metadata")
-	var cs struct {
-		ResourceType string `json:"resourceType"`
-		Rest         []struct {
-			Mode     string `json:"mode"`
-			Resource []struct {
-				Type        string `json:"type"`
-				Interaction []struct {
-					Code string `json:"code"`
-				} `json:"interaction"`
-			} `json:"resource"`
-		} `json:"rest"`
-	}
+	var cs sourceCapabilities
 	err := c.get(ctx, u, fault.Permanent, func(resp *http.Response) (bool, error) {
 		return decodeSmall(ctx, resp.Body, &cs, "GET "+u.EscapedPath())
 	})
@@ -225,6 +229,41 @@ func (c *Client) Types(ctx context.Context) ([]string, error) {
 	}
 	if cs.ResourceType != "CapabilityStatement" {
 		return nil, fault.New(fault.Permanent, "the source FHIR server answered GET %s with a %q, not a CapabilityStatement", u.EscapedPath(), cs.ResourceType)
+	}
+	return &cs, nil
+}
+
+// SearchParams lists, by resource type, the search parameters the source's
+// CapabilityStatement declares for rest mode server. A type declared with no
+// searchParam list is absent: the statement says nothing about it.
+func (c *Client) SearchParams(ctx context.Context) (map[string][]string, error) {
+	cs, err := c.capabilities(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]string{}
+	for _, rest := range cs.Rest {
+		if rest.Mode != "server" {
+			continue
+		}
+		for _, r := range rest.Resource {
+			for _, p := range r.SearchParam {
+				if r.Type != "" && p.Name != "" {
+					out[r.Type] = append(out[r.Type], p.Name)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// Types lists the resource types the source's CapabilityStatement declares
+// for rest mode server with the search-type interaction (or with no
+// interaction list), in its order and without duplicates.
+func (c *Client) Types(ctx context.Context) ([]string, error) {
+	cs, err := c.capabilities(ctx)
+	if err != nil {
+		return nil, err
 	}
 	var types []string
 	seen := map[string]bool{}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -232,6 +233,23 @@ func TestTypes(t *testing.T) {
 				t.Errorf("Types = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestSearchParams proves the engine learns which compartment parameters the
+// source supports, so that it can warn about the ones it cannot search.
+func TestSearchParams(t *testing.T) {
+	t.Parallel()
+	c, _, _ := setup(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(capabilityStatement))
+	})
+	got, err := c.SearchParams(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{"Encounter": {"_lastUpdated"}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("SearchParams = %v, want %v (server mode only, types without a list absent)", got, want)
 	}
 }
 

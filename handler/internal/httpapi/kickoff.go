@@ -171,9 +171,11 @@ func preferLenient(lines []string) bool {
 const (
 	paramOutputFormat = "_outputFormat"
 	paramSince        = "_since"
+	paramUntil        = "_until"
 	paramType         = "_type"
 	paramTypeFilter   = "_typeFilter"
 	paramContainer    = "_container"
+	paramElements     = "_elements"
 )
 
 // buildRequest validates the parameters and builds the engine's request.
@@ -189,7 +191,7 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 	byName := map[string][]param{}
 	for _, p := range params {
 		switch p.name {
-		case paramOutputFormat, paramSince, paramType, paramTypeFilter, paramContainer:
+		case paramOutputFormat, paramSince, paramUntil, paramType, paramTypeFilter, paramContainer, paramElements:
 			if p.err != nil {
 				return req, p.err
 			}
@@ -233,6 +235,23 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 		req.Since = &t
 	}
 
+	// _until (IG v3) may lie in the future: the engine stops at the earlier
+	// of it and the transaction time, so a later one just exports up to now.
+	// One before _since could match nothing and is surely a mistake.
+	if v, ok, err := single(byName[paramUntil]); err != nil {
+		return req, err
+	} else if ok {
+		t, err := fhir.ParseInstant(v)
+		if err != nil {
+			return req, invalid("value", "_until: %v", err)
+		}
+		t = t.UTC()
+		if req.Since != nil && t.Before(*req.Since) {
+			return req, invalid("value", "_until %s is before _since", clip(v))
+		}
+		req.Until = &t
+	}
+
 	for _, p := range byName[paramType] {
 		if strings.Trim(p.value, ", \t") == "" {
 			return req, invalid("value", "_type has an empty value")
@@ -258,6 +277,17 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 		return req, err
 	}
 	req.TypeFilters = filters
+
+	var elementValues []string
+	for _, p := range byName[paramElements] {
+		elementValues = append(elementValues, p.value)
+	}
+	elements, warnings, err := parseElements(elementValues, lenient)
+	if err != nil {
+		return req, err
+	}
+	req.Elements = elements
+	req.Warnings = append(req.Warnings, warnings...)
 
 	if v, ok, err := single(byName[paramContainer]); err != nil {
 		return req, err
@@ -329,7 +359,7 @@ func checkType(param, t string, level export.Level) error {
 
 var (
 	fhirIDPattern   = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
-	fileNamePattern = regexp.MustCompile(`^(?:[A-Za-z]+|OperationOutcome)-[0-9]+\.ndjson$`)
+	fileNamePattern = regexp.MustCompile(`^[A-Za-z]+(?:-errors)?-[0-9]+\.ndjson$`) // <Type>-<n> and <Type>-errors-<n>
 )
 
 // validFHIRID accepts a FHIR id, except one made only of dots: "." and ".."

@@ -70,10 +70,17 @@ func TestKickOffRejectsBadInput(t *testing.T) {
 		{name: "container trailing hyphen", target: "/$export?_container=abc-", want: 400, wantDiag: "_container"},
 		{name: "container double hyphen", target: "/$export?_container=a--b", want: 400, wantDiag: "_container"},
 		{name: "container underscore", target: "/$export?_container=a_b", want: 400, wantDiag: "_container"},
-		{name: "_elements", target: "/$export?_elements=id", want: 400, wantDiag: "_elements", wantCode: "not-supported"},
+		{name: "_elements below the top level", target: "/$export?_elements=code.coding", want: 400, wantDiag: "top-level"},
+		{name: "_elements type-qualified path", target: "/$export?_elements=Observation.code.coding", want: 400, wantDiag: "top-level"},
+		{name: "_elements unknown type", target: "/$export?_elements=Observaton.status", want: 400, wantDiag: "Observaton"},
+		{name: "_elements bad name", target: "/$export?_elements=id,Status", want: 400, wantDiag: "Status"},
+		{name: "_elements empty", target: "/$export?_elements=", want: 400, wantDiag: "_elements"},
+		{name: "_elements too many", target: "/$export?_elements=" + manyElements(201), want: 400, wantDiag: "200", wantCode: "too-long"},
 		{name: "patient", target: "/Patient/$export?patient=Patient/1", want: 400, wantDiag: "patient"},
 		{name: "includeAssociatedData", target: "/$export?includeAssociatedData=LatestProvenanceResources", want: 400, wantDiag: "includeAssociatedData"},
-		{name: "_until", target: "/$export?_until=2020-01-01T00:00:00Z", want: 400, wantDiag: "_until"},
+		{name: "until not an instant", target: "/$export?_until=tomorrow", want: 400, wantDiag: "_until"},
+		{name: "until before since", target: "/$export?_since=2021-01-01T00:00:00Z&_until=2020-12-31T23:59:59Z", want: 400, wantDiag: "before _since"},
+		{name: "until twice, different", target: "/$export?_until=2020-01-01T00:00:00Z&_until=2021-01-01T00:00:00Z", want: 400, wantDiag: "_until"},
 		{name: "organizeOutputBy", target: "/$export?organizeOutputBy=Patient", want: 400, wantDiag: "organizeOutputBy"},
 		{name: "allowPartialManifests", target: "/$export?allowPartialManifests=true", want: 400, wantDiag: "allowPartialManifests"},
 		{name: "unknown parameter", target: "/$export?foo=bar", want: 400, wantDiag: "foo"},
@@ -184,6 +191,8 @@ func TestKickOffEngineErrors(t *testing.T) {
 func TestKickOffRequest(t *testing.T) {
 	t.Parallel()
 	since := time.Date(2019, 12, 31, 23, 0, 0, 0, time.UTC) // 2020-01-01T00:00:00+01:00
+	until := time.Date(2021, 6, 1, 0, 0, 0, 0, time.UTC)
+	future := time.Date(2999, 1, 1, 0, 0, 0, 0, time.UTC)
 	base := export.Request{Level: export.LevelSystem, Container: defaultContainer, OutputFormat: "application/fhir+ndjson", Owner: anonymousOwner}
 	with := func(f func(*export.Request)) export.Request {
 		r := base
@@ -230,6 +239,29 @@ func TestKickOffRequest(t *testing.T) {
 				r.Since = &since
 				r.RequestURL = "http://example.com/$export?_since=2020-01-01T00%3A00%3A00%2B01%3A00"
 			})},
+		{name: "_until with _since", target: "/$export?_since=2020-01-01T00:00:00+01:00&_until=2021-06-01T00:00:00Z",
+			want: with(func(r *export.Request) {
+				r.Since = &since
+				r.Until = &until
+				r.RequestURL = "http://example.com/$export?_since=2020-01-01T00:00:00+01:00&_until=2021-06-01T00:00:00Z"
+			})},
+		{name: "_until equal to _since", target: "/$export?_since=2021-06-01T00:00:00Z&_until=2021-06-01T00:00:00Z",
+			want: with(func(r *export.Request) {
+				r.Since = &until
+				r.Until = &until
+				r.RequestURL = "http://example.com/$export?_since=2021-06-01T00:00:00Z&_until=2021-06-01T00:00:00Z"
+			})},
+		{name: "POST _until as valueInstant", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON),
+			body: params(`{"name":"_until","valueInstant":"2021-06-01T02:00:00+02:00"}`),
+			want: with(func(r *export.Request) {
+				r.Until = &until
+				r.RequestURL = "http://example.com/$export"
+			})},
+		{name: "_until in the future is kept (the engine caps it by the transaction time)", target: "/$export?_until=2999-01-01T00:00:00Z",
+			want: with(func(r *export.Request) {
+				r.Until = &future
+				r.RequestURL = "http://example.com/$export?_until=2999-01-01T00:00:00Z"
+			})},
 		{name: "_outputFormat with + decoded as space", target: "/$export?_outputFormat=application/fhir+ndjson",
 			want: with(func(r *export.Request) {
 				r.RequestURL = "http://example.com/$export?_outputFormat=application/fhir+ndjson"
@@ -273,23 +305,38 @@ func TestKickOffRequest(t *testing.T) {
 				r.Container = "my-exports-2"
 				r.RequestURL = "http://example.com/$export?_container=my-exports-2"
 			})},
-		{name: "lenient ignores unsupported parameters with warnings", target: "/Patient/$export?_elements=id&patient=Patient/1&_type=Patient&foo=1&_elements=name",
+		{name: "lenient ignores unsupported parameters with warnings", target: "/Patient/$export?organizeOutputBy=Patient&patient=Patient/1&_type=Patient&foo=1",
 			header: hdr("Prefer", "respond-async, handling=lenient"),
 			want: with(func(r *export.Request) {
 				r.Level = export.LevelPatient
 				r.Types = []string{"Patient"}
 				r.Warnings = []string{
-					"parameter _elements is not supported and was ignored",
+					"parameter organizeOutputBy is not supported and was ignored",
 					"parameter patient is not supported and was ignored",
 					"parameter foo is not supported and was ignored",
 				}
-				r.RequestURL = "http://example.com/Patient/$export?_elements=id&patient=Patient/1&_type=Patient&foo=1&_elements=name"
+				r.RequestURL = "http://example.com/Patient/$export?organizeOutputBy=Patient&patient=Patient/1&_type=Patient&foo=1"
 			})},
-		{name: "Prefer over two lines, mixed case", target: "/$export?_until=2020-01-01T00:00:00Z",
+		{name: "_elements, repeated, both forms", target: "/$export?_elements=id,status&_elements=Observation.subject,%20status,Patient.gender",
+			want: with(func(r *export.Request) {
+				r.Elements = []string{"id", "status", "Observation.subject", "Patient.gender"}
+				r.RequestURL = "http://example.com/$export?_elements=id,status&_elements=Observation.subject,%20status,Patient.gender"
+			})},
+		{name: "lenient leaves malformed _elements entries out with warnings", target: "/$export?_elements=status,code.coding,Nope.id",
+			header: hdr("Prefer", "respond-async, handling=lenient"),
+			want: with(func(r *export.Request) {
+				r.Elements = []string{"status"}
+				r.Warnings = []string{
+					`_elements: "code.coding" is not a top-level element (only Type.element or element are allowed); it was ignored`,
+					`_elements: "Nope.id" does not start with a FHIR R4 resource type ("Nope" is not one); it was ignored`,
+				}
+				r.RequestURL = "http://example.com/$export?_elements=status,code.coding,Nope.id"
+			})},
+		{name: "Prefer over two lines, mixed case", target: "/$export?organizeOutputBy=Patient",
 			header: hdr("Prefer", "respond-async", "Prefer", "Handling = Lenient"),
 			want: with(func(r *export.Request) {
-				r.Warnings = []string{"parameter _until is not supported and was ignored"}
-				r.RequestURL = "http://example.com/$export?_until=2020-01-01T00:00:00Z"
+				r.Warnings = []string{"parameter organizeOutputBy is not supported and was ignored"}
+				r.RequestURL = "http://example.com/$export?organizeOutputBy=Patient"
 			})},
 		{name: "Prefer without respond-async", target: "/$export", header: hdr("Prefer", "return=minimal"),
 			want: with(func(r *export.Request) { r.RequestURL = "http://example.com/$export" })},
@@ -413,4 +460,13 @@ func TestKickOffResponse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyElements is an _elements value of n distinct valid names.
+func manyElements(n int) string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("e%d", i)
+	}
+	return strings.Join(names, ",")
 }

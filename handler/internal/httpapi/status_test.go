@@ -314,6 +314,7 @@ func TestDownload(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/jobs/01900000000000000000000000010000000000000000/files/Patient-1.ndjson", nil)
+		req.Header.Set("Accept-Encoding", "identity") // the plain file, with its Content-Length (gzip: gzip_test.go)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatalf("no response before the file was complete (the handler buffers?): %v", err)
@@ -379,7 +380,8 @@ type tinySource struct{ pageErr error }
 func (tinySource) Now(context.Context) (time.Time, error) {
 	return time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC), nil
 }
-func (tinySource) Types(context.Context) ([]string, error) { return []string{"Patient"}, nil }
+func (tinySource) Types(context.Context) ([]string, error)                   { return []string{"Patient"}, nil }
+func (tinySource) SearchParams(context.Context) (map[string][]string, error) { return nil, nil }
 func (tinySource) Read(_ context.Context, typ, id string) ([]byte, error) {
 	return nil, fault.New(fault.NotFound, "%s/%s is not on the source", typ, id)
 }

@@ -52,6 +52,7 @@ var (
 
 func sampleJob(id string) *export.Job {
 	since := t0.Add(-48 * time.Hour)
+	until := t0.Add(-time.Hour)
 	return &export.Job{
 		ID: id,
 		Request: export.Request{
@@ -59,12 +60,14 @@ func sampleJob(id string) *export.Job {
 			GroupID:      "g-1",
 			Types:        []string{"Patient", "Observation"},
 			Since:        &since,
+			Until:        &until,
 			TypeFilters:  []export.TypeFilter{{Type: "Observation", Query: "code=1234-5&status=final"}},
 			Container:    "exports",
 			OutputFormat: "application/fhir+ndjson",
 			RequestURL:   "https://fhir.example/Group/g-1/$export?_type=Patient,Observation",
-			Warnings:     []string{"ignored _elements"},
+			Warnings:     []string{"ignored organizeOutputBy"},
 			Owner:        strings.Repeat("ab", 32),
+			Elements:     []string{"id", "Observation.status"},
 		},
 		TransactionTime: t0,
 		CreatedAt:       t0.Add(time.Second),
@@ -79,7 +82,8 @@ func sampleItem(jobID, id string) *export.WorkItem {
 		Type:  id,
 		State: export.ItemPending,
 		Cursor: export.Cursor{Query: 1, Batch: 2, Next: "https://fhir.example/Observation?_getpages=abc&_offset=400",
-			After: t1.Add(-time.Hour), Ties: []string{"o-1", "o-2"}},
+			After: t1.Add(-time.Hour), Ties: []string{"o-1", "o-2"}, Page: 5, Param: 1},
+		Params:      []string{"subject", "performer"},
 		Files:       []export.File{{Name: id + "-1.ndjson", Count: 10, Bytes: 4096}},
 		Blocks:      3,
 		Done:        10,
@@ -94,6 +98,11 @@ func sampleItem(jobID, id string) *export.WorkItem {
 		LeaseUntil:  t1.Add(10 * time.Minute),
 		BlobETag:    `"0x8DCAFE"`,
 		Batches:     4,
+
+		ErrorFiles:    []export.File{{Name: id + "-errors-1.ndjson", Count: 2, Bytes: 300}},
+		ErrorBlocks:   1,
+		ErrorBlobETag: `"0x8DBEEF"`,
+		ErrorCount:    2,
 	}
 }
 
