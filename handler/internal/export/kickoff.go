@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -40,11 +41,15 @@ func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
 		return nil, fault.Wrap(fault.Unavailable, err, "the source FHIR server cannot be reached")
 	}
 	if req.Level == LevelGroup {
-		if _, err := e.source.Read(ctx, "Group", req.GroupID); err != nil {
+		body, err := e.source.Read(ctx, "Group", req.GroupID)
+		if err != nil {
 			if fault.Is(err, fault.NotFound) {
 				return nil, fault.New(fault.NotFound, "Group/%s was not found on the source FHIR server", req.GroupID)
 			}
 			return nil, fmt.Errorf("read Group/%s: %w", req.GroupID, err)
+		}
+		if err := checkMembers(body, req); err != nil {
+			return nil, err
 		}
 	}
 	if err := e.preflight(ctx, req.Container); err != nil {
@@ -87,6 +92,38 @@ func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
 	zerolog.Ctx(ctx).Info().Str("job", job.ID).Str("exportLevel", string(req.Level)).
 		Time("transactionTime", job.TransactionTime).Msg("export accepted")
 	return job, nil
+}
+
+// checkMembers refuses a Group kick-off whose patient parameter names a
+// patient that is not an active member of the Group: the client asked for
+// something the Group does not hold, and exporting less than asked without a
+// word would look like a complete answer.
+func checkMembers(group []byte, req Request) error {
+	if len(req.Patients) == 0 {
+		return nil
+	}
+	ids, err := groupMembers(group)
+	if err != nil {
+		return fmt.Errorf("read the members of Group/%s: %w", req.GroupID, err)
+	}
+	member := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		member[id] = true
+	}
+	var missing []string
+	for _, p := range req.Patients {
+		if !member[p] {
+			missing = append(missing, "Patient/"+p)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	n := len(missing)
+	if n > 5 {
+		missing = append(missing[:5], fmt.Sprintf("and %d more", n-5))
+	}
+	return fault.New(fault.Invalid, "patient: not an active member of Group/%s: %s", req.GroupID, strings.Join(missing, ", "))
 }
 
 // preflight proves, before a job is accepted, that the destination container

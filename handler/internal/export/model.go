@@ -33,7 +33,12 @@ type Request struct {
 	// only), top-level element names. A resource of a type any entry applies
 	// to keeps only those, resourceType, id, meta and the elements R4
 	// requires, and is tagged SUBSETTED.
-	Elements     []string `json:"elements,omitempty"`
+	Elements []string `json:"elements,omitempty"`
+	// Patients is the kick-off's patient parameter: the ids of the patients
+	// to export (Patient and Group level), sorted and distinct. Empty: every
+	// patient (Patient level) or every member (Group level). At Group level
+	// each must be a member of the Group; KickOff refuses the others.
+	Patients     []string `json:"patients,omitempty"`
 	Container    string   `json:"container"`
 	OutputFormat string   `json:"outputFormat"`
 	RequestURL   string   `json:"request"`            // the kick-off URL, for the manifest

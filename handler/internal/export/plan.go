@@ -149,6 +149,13 @@ func (e *Engine) members(ctx context.Context, job *Job) ([]string, error) {
 			return nil, fault.Wrap(fault.Permanent, err, "Group/%s", job.Request.GroupID)
 		}
 	case LevelPatient:
+		if len(job.Request.Patients) > 0 {
+			// Only those patients: one that is not on the source has an
+			// empty compartment, so listing every patient would add nothing.
+			ids = slices.Clone(job.Request.Patients)
+			sort.Strings(ids)
+			return slices.Compact(ids), nil
+		}
 		q := boundsQuery(&Job{TransactionTime: job.TransactionTime}) // every patient, whatever _since says
 		q.Set("_count", fmt.Sprint(max(e.set.PageSize, 1)))
 		next := e.source.SearchURL("Patient", q.Encode())
@@ -174,7 +181,17 @@ func (e *Engine) members(ctx context.Context, job *Job) ([]string, error) {
 		}
 	}
 	sort.Strings(ids)
-	return slices.Compact(ids), nil
+	ids = slices.Compact(ids)
+	if len(job.Request.Patients) > 0 {
+		// Only the requested patients, and at Group level only those still
+		// members when the plan reads the Group.
+		want := map[string]bool{}
+		for _, id := range job.Request.Patients {
+			want[id] = true
+		}
+		ids = slices.DeleteFunc(ids, func(id string) bool { return !want[id] })
+	}
+	return ids, nil
 }
 
 // groupMembers returns the ids of a Group's active Patient members.

@@ -76,7 +76,8 @@ func TestKickOffRejectsBadInput(t *testing.T) {
 		{name: "_elements bad name", target: "/$export?_elements=id,Status", want: 400, wantDiag: "Status"},
 		{name: "_elements empty", target: "/$export?_elements=", want: 400, wantDiag: "_elements"},
 		{name: "_elements too many", target: "/$export?_elements=" + manyElements(201), want: 400, wantDiag: "200", wantCode: "too-long"},
-		{name: "patient", target: "/Patient/$export?patient=Patient/1", want: 400, wantDiag: "patient"},
+		{name: "patient in a GET query", target: "/Patient/$export?patient=Patient/1", want: 400, wantDiag: "only in a POST", wantCode: "not-supported"},
+		{name: "patient in a GET query under handling=lenient", target: "/Group/g1/$export?patient=Patient/1", header: hdr("Prefer", "handling=lenient"), want: 400, wantDiag: "only in a POST"},
 		{name: "includeAssociatedData", target: "/$export?includeAssociatedData=LatestProvenanceResources", want: 400, wantDiag: "includeAssociatedData"},
 		{name: "until not an instant", target: "/$export?_until=tomorrow", want: 400, wantDiag: "_until"},
 		{name: "until before since", target: "/$export?_since=2021-01-01T00:00:00Z&_until=2020-12-31T23:59:59Z", want: 400, wantDiag: "before _since"},
@@ -104,7 +105,16 @@ func TestKickOffRejectsBadInput(t *testing.T) {
 		{name: "POST _type as boolean", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"name":"_type","valueBoolean":true}]}`, want: 400, wantDiag: "_type"},
 		{name: "POST _since without value", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"name":"_since"}]}`, want: 400, wantDiag: "_since"},
 		{name: "POST _since valueString number", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"name":"_since","valueInstant":5}]}`, want: 400, wantDiag: "_since"},
-		{name: "POST patient", method: "POST", target: "/Patient/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"name":"patient","valueReference":{"reference":"Patient/1"}}]}`, want: 400, wantDiag: "patient"},
+		{name: "POST patient at system level", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(`{"reference":"Patient/1"}`), want: 400, wantDiag: "Patient and Group level"},
+		{name: "POST patient as valueString", method: "POST", target: "/Patient/$export", header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters","parameter":[{"name":"patient","valueString":"Patient/1"}]}`, want: 400, wantDiag: "valueReference"},
+		{name: "POST patient valueReference without reference", method: "POST", target: "/Group/g1/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(`{"identifier":{"value":"1"}}`), want: 400, wantDiag: "reference"},
+		{name: "POST patient valueReference not an object", method: "POST", target: "/Group/g1/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(`"Patient/1"`), want: 400, wantDiag: "valueReference"},
+		{name: "POST patient reference to another type", method: "POST", target: "/Group/g1/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(`{"reference":"Observation/1"}`), want: 400, wantDiag: "Observation/1", wantCode: "value"},
+		{name: "POST patient absolute reference", method: "POST", target: "/Group/g1/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(`{"reference":"http://fhir.example/Patient/1"}`), want: 400, wantDiag: "Patient/[id]"},
+		{name: "POST patient id not a FHIR id", method: "POST", target: "/Group/g1/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(`{"reference":"Patient/a_b"}`), want: 400, wantDiag: "Patient/a_b"},
+		{name: "POST patient id of dots", method: "POST", target: "/Patient/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(`{"reference":"Patient/.."}`), want: 400, wantDiag: "Patient/.."},
+		{name: "POST patient empty reference", method: "POST", target: "/Patient/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(`{"reference":""}`), want: 400, wantDiag: "patient"},
+		{name: "POST 1001 patients", method: "POST", target: "/Group/g1/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(patientRefs(1001)...), want: 400, wantDiag: "1000", wantCode: "too-long"},
 		{name: "POST bad _type in body", method: "POST", target: "/$export", header: hdr("Content-Type", "application/json"), body: `{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Nope"}]}`, want: 400, wantDiag: "Nope"},
 		{name: "POST body too large", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: bigBody, want: 413},
 	}
@@ -305,17 +315,16 @@ func TestKickOffRequest(t *testing.T) {
 				r.Container = "my-exports-2"
 				r.RequestURL = "http://example.com/$export?_container=my-exports-2"
 			})},
-		{name: "lenient ignores unsupported parameters with warnings", target: "/Patient/$export?organizeOutputBy=Patient&patient=Patient/1&_type=Patient&foo=1",
+		{name: "lenient ignores unsupported parameters with warnings", target: "/Patient/$export?organizeOutputBy=Patient&_type=Patient&foo=1",
 			header: hdr("Prefer", "respond-async, handling=lenient"),
 			want: with(func(r *export.Request) {
 				r.Level = export.LevelPatient
 				r.Types = []string{"Patient"}
 				r.Warnings = []string{
 					"parameter organizeOutputBy is not supported and was ignored",
-					"parameter patient is not supported and was ignored",
 					"parameter foo is not supported and was ignored",
 				}
-				r.RequestURL = "http://example.com/Patient/$export?organizeOutputBy=Patient&patient=Patient/1&_type=Patient&foo=1"
+				r.RequestURL = "http://example.com/Patient/$export?organizeOutputBy=Patient&_type=Patient&foo=1"
 			})},
 		{name: "_elements, repeated, both forms", target: "/$export?_elements=id,status&_elements=Observation.subject,%20status,Patient.gender",
 			want: with(func(r *export.Request) {
@@ -372,7 +381,7 @@ func TestKickOffRequest(t *testing.T) {
 				r.Types = []string{"Patient", "Observation"}
 				r.Since = &since
 				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "code=a%2Cb"}}
-				r.Warnings = []string{"parameter patient is not supported and was ignored"}
+				r.Patients = []string{"1"}
 				r.RequestURL = "http://example.com/Group/g1/$export?_outputFormat=ndjson"
 			})},
 		{name: "POST fhir+json with other value types", method: "POST", target: "/$export",
@@ -387,6 +396,24 @@ func TestKickOffRequest(t *testing.T) {
 				r.Container = "abc"
 				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "status=final"}}
 				r.RequestURL = "http://example.com/$export"
+			})},
+		{name: "POST patient at Group level: ids sorted and distinct", method: "POST", target: "/Group/g1/$export",
+			header: hdr("Content-Type", fhirJSON),
+			body:   patientBody(`{"reference":"Patient/b-2"}`, `{"reference":"Patient/a.1","display":"A"}`, `{"reference":"Patient/b-2"}`),
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelGroup
+				r.GroupID = "g1"
+				r.Patients = []string{"a.1", "b-2"}
+				r.RequestURL = "http://example.com/Group/g1/$export"
+			})},
+		{name: "POST 1000 patients at Patient level", method: "POST", target: "/Patient/$export",
+			header: hdr("Content-Type", fhirJSON), body: patientBody(patientRefs(1000)...),
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelPatient
+				for i := range 1000 {
+					r.Patients = append(r.Patients, fmt.Sprintf("p%04d", i))
+				}
+				r.RequestURL = "http://example.com/Patient/$export"
 			})},
 		{name: "POST Parameters without parameters", method: "POST", target: "/$export",
 			header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters"}`,
@@ -469,4 +496,23 @@ func manyElements(n int) string {
 		names[i] = fmt.Sprintf("e%d", i)
 	}
 	return strings.Join(names, ",")
+}
+
+// patientBody is a Parameters body with one patient parameter per
+// valueReference given.
+func patientBody(refs ...string) string {
+	var ps []string
+	for _, r := range refs {
+		ps = append(ps, `{"name":"patient","valueReference":`+r+`}`)
+	}
+	return `{"resourceType":"Parameters","parameter":[` + strings.Join(ps, ",") + `]}`
+}
+
+// patientRefs returns n distinct references Patient/p0000, Patient/p0001, ...
+func patientRefs(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf(`{"reference":"Patient/p%04d"}`, i))
+	}
+	return out
 }

@@ -17,6 +17,9 @@ type param struct {
 	name  string
 	value string
 	err   error // a body parameter whose value is not a string; reported only if we implement it
+	// ref marks a value that came from a body's valueReference (its
+	// reference), which only the patient parameter takes.
+	ref bool
 }
 
 // queryParams parses a raw query string in order. A '+' decodes to a space,
@@ -97,6 +100,18 @@ func bodyParams(w http.ResponseWriter, r *http.Request) ([]param, error) {
 		switch {
 		case len(keys) != 1:
 			last.err = invalid("structure", "parameter %s (Parameters.parameter[%d]) must have exactly one value, such as valueString", name, i)
+		case name == paramPatient:
+			// The IG defines patient as a valueReference, and only that.
+			var ref struct {
+				Reference *string `json:"reference"`
+			}
+			if keys[0] != "valueReference" {
+				last.err = invalid("structure", "parameter patient (Parameters.parameter[%d]) must be a valueReference such as {\"reference\":\"Patient/123\"}, not %s", i, keys[0])
+			} else if err := json.Unmarshal(p[keys[0]], &ref); err != nil || ref.Reference == nil {
+				last.err = invalid("structure", "parameter patient (Parameters.parameter[%d]): valueReference must be an object with a reference such as \"Patient/123\"", i)
+			} else {
+				last.value, last.ref = *ref.Reference, true
+			}
 		case !stringValueKeys[keys[0]]:
 			last.err = invalid("structure", "parameter %s (Parameters.parameter[%d]) must have a string value such as valueString, not %s", name, i, keys[0])
 		default:

@@ -68,11 +68,22 @@ func sampleJob(id string) *export.Job {
 			Warnings:     []string{"ignored organizeOutputBy"},
 			Owner:        strings.Repeat("ab", 32),
 			Elements:     []string{"id", "Observation.status"},
+			Patients:     maxPatients(),
 		},
 		TransactionTime: t0,
 		CreatedAt:       t0.Add(time.Second),
 		State:           export.JobActive,
 	}
+}
+
+// maxPatients is a patient parameter at the HTTP API's limit (1000 ids of
+// 64 characters), so the round trip proves a job row holds the largest one.
+func maxPatients() []string {
+	ids := make([]string, 1000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%04d%s", i, strings.Repeat("p", 60))
+	}
+	return ids
 }
 
 func sampleItem(jobID, id string) *export.WorkItem {
