@@ -4,11 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
-
-	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 
 	"github.com/azfhir/bulkexport/tests/testproc"
 )
@@ -68,20 +65,7 @@ func TestOversizedKickOffsCreateNothing(t *testing.T) {
 	if azuriteContainerExists(t, dest) {
 		t.Errorf("container %s was created by refused kick-offs", dest)
 	}
-	tables, err := aztables.NewServiceClientFromConnectionString(os.Getenv("AZURE_STORAGE_CONNECTION_STRING"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pager := tables.NewClient(serviceSetting(svc.env, "EXPORT_TABLE")).NewListEntitiesPager(nil)
-	rows := 0
-	for pager.More() {
-		page, err := pager.NextPage(ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rows += len(page.Entities)
-	}
-	if rows != 0 {
+	if rows := tableRows(t, svc); rows != 0 {
 		t.Errorf("the job table holds %d rows after refused kick-offs", rows)
 	}
 }

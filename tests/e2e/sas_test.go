@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
-	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
 	blobservice "github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/service"
 
@@ -133,20 +132,7 @@ func TestContainerOutsideTheListCreatesNothing(t *testing.T) {
 			deleteAzuriteContainer(name)
 		}
 	}
-	tables, err := aztables.NewServiceClientFromConnectionString(os.Getenv("AZURE_STORAGE_CONNECTION_STRING"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pager := tables.NewClient(serviceSetting(svc.env, "EXPORT_TABLE")).NewListEntitiesPager(nil)
-	rows := 0
-	for pager.More() {
-		page, err := pager.NextPage(ctx(t))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rows += len(page.Entities)
-	}
-	if rows != 0 {
+	if rows := tableRows(t, svc); rows != 0 {
 		t.Errorf("the job table holds %d rows after refused kick-offs", rows)
 	}
 }

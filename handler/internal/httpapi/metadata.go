@@ -94,18 +94,7 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) error {
 			Operation: []operation{{Name: "export", Definition: opExport}},
 		}},
 	}
-	body, err := json.Marshal(cs)
-	if err != nil {
-		return fault.Wrap(fault.Internal, err, "encoding the CapabilityStatement")
-	}
-	h := w.Header()
-	h.Set("Content-Type", "application/fhir+json; charset=utf-8")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
-	return nil
+	return writeDocument(w, r, "application/fhir+json; charset=utf-8", cs, "the CapabilityStatement")
 }
 
 // security states how callers authenticate (AUTH_MODE), so that a client and
@@ -158,12 +147,17 @@ func (s *server) smartConfiguration(w http.ResponseWriter, r *http.Request) erro
 	if s.auth == nil || s.auth.Mode() == auth.ModeNone {
 		c.GrantTypes, c.ScopesSupported, c.Capabilities = []string{}, []string{}, []string{}
 	}
-	body, err := json.Marshal(c)
+	return writeDocument(w, r, "application/json", c, "the SMART configuration")
+}
+
+// writeDocument answers GET or HEAD with v as JSON of the given content type.
+func writeDocument(w http.ResponseWriter, r *http.Request, contentType string, v any, what string) error {
+	body, err := json.Marshal(v)
 	if err != nil {
-		return fault.Wrap(fault.Internal, err, "encoding the SMART configuration")
+		return fault.Wrap(fault.Internal, err, "encoding %s", what)
 	}
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
+	h.Set("Content-Type", contentType)
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
