@@ -81,7 +81,10 @@ func cp(name string, paths ...string) CompartmentParam { return CompartmentParam
 // http://hl7.org/fhir/R4/compartmentdefinition-patient.json ("resource"[].param),
 // and for the paths the "expression" of each parameter in the R4
 // search-parameters.json (a "where(resolve() is Patient)" is dropped: the
-// engine only takes Patient references from a path anyway).
+// engine only takes Patient references from a path anyway). Every path was
+// checked mechanically against the 4.0.1 search-parameters.json (the copy in
+// medizininformatik-initiative/blaze at 36adbdd1, sha256 dff84d79...): all 100
+// (type, parameter) pairs below match their expressions exactly.
 //
 // Two deliberate differences: Patient is searched by "_id" first (the
 // compartment's identity, which the definition states in prose) and then
