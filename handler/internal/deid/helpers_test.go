@@ -1,0 +1,8 @@
+package deid
+
+import (
+	"crypto/rand"
+	"io"
+)
+
+func randReader() io.Reader { return rand.Reader }
