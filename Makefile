@@ -33,7 +33,7 @@ test: build package ## Unit, integration (Azurite), end-to-end and emulated Func
 	@bash scripts/run-tests.sh
 
 .PHONY: bench
-bench: build ## End-to-end benchmark (100 patients on Azurite) and the Go benchmarks; see docs/benchmarks.md
+bench: build ## End-to-end scenarios a-c (100 patients; 200 ms source with windows off/on; 540 MB) on Azurite, then the Go benchmarks; see docs/benchmarks.md
 	@bash scripts/bench.sh
 
 .PHONY: fault

@@ -217,7 +217,7 @@ func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode strin
 	}
 	source, err := fhirsource.New(fhirsource.Options{
 		BaseURL: cfg.FHIRServerURL, Token: token, UserAgent: "bulkexport/" + version,
-		MaxAttempts: cfg.FHIRAttempts, BaseBackoff: cfg.FHIRBackoff,
+		MaxAttempts: cfg.FHIRAttempts, BaseBackoff: cfg.FHIRBackoff, Concurrency: cfg.SourceConcurrency,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("FHIR_SERVER_URL: %w", err)
@@ -230,6 +230,7 @@ func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode strin
 	set.SystemTypes = cfg.SystemTypes
 	set.Lease, set.StallAfter = cfg.Lease, cfg.StallAfter
 	set.MaxActivePerOwner = cfg.MaxJobsPerClient
+	set.WindowResources = cfg.WindowResources
 	blobs, err := exportBlobs(cfg, account)
 	if err != nil {
 		return nil, err

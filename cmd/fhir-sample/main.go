@@ -3,7 +3,15 @@
 //
 // Usage:
 //
-//	fhir-sample -data tests/data/synthea-r4-10 [-addr 127.0.0.1:8080] [-base /fhir]
+//	fhir-sample -data tests/data/synthea-r4-10 [-addr 127.0.0.1:8080] [-base /fhir] [-search-delay 200ms]
+//
+// -deletions FILE serves a history with deletions, one "Type/id instant" a line: resources deleted then
+// and not updated since are gone from search and read, and GET [Type]/_history lists the DELETEs.
+// -no-history serves and declares no history at all.
+//
+// -search-delay adds latency to every search request (first pages, next pages and
+// _summary=count; not metadata or reads), as a remote FHIR server's would: the benchmarks
+// use it to show how the export behaves against a slow source.
 //
 // When it listens it writes one JSON line to stdout with the base URL (base_url), so a test
 // can start it with -addr 127.0.0.1:0 and read the port it got. It stops on SIGINT or SIGTERM.
@@ -20,6 +28,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -33,6 +42,9 @@ type config struct {
 	basePath     string
 	defaultCount int
 	maxCount     int
+	searchDelay  time.Duration
+	deletions    string // file of "Type/id instant" lines (fhirsample.ParseDeletions)
+	noHistory    bool
 }
 
 func main() {
@@ -58,11 +70,17 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&cfg.basePath, "base", "/fhir", "path of the FHIR base")
 	fs.IntVar(&cfg.defaultCount, "default-count", 50, "page size when a search has no _count")
 	fs.IntVar(&cfg.maxCount, "max-count", 1000, "largest page size; a larger _count is capped")
+	fs.DurationVar(&cfg.searchDelay, "search-delay", 0, "latency added to every search request, such as 200ms")
+	fs.StringVar(&cfg.deletions, "deletions", "", `file of deletions served as history, one "Type/id instant" a line`)
+	fs.BoolVar(&cfg.noHistory, "no-history", false, "serve no _history and declare none, as a server without history")
 	if err := fs.Parse(args); err != nil {
 		return config{}, fmt.Errorf("parse flags: %w", err)
 	}
 	if cfg.dataDir == "" {
 		return config{}, errors.New("fhir-sample: -data is required")
+	}
+	if cfg.searchDelay < 0 {
+		return config{}, fmt.Errorf("fhir-sample: -search-delay %v is negative", cfg.searchDelay)
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("fhir-sample: unexpected arguments %q", fs.Args())
@@ -72,14 +90,34 @@ func parseFlags(args []string) (config, error) {
 
 // run serves until ctx is cancelled, then shuts down gracefully.
 func run(ctx context.Context, cfg config, logger *slog.Logger) error {
+	var deletions []fhirsample.Deletion
+	if cfg.deletions != "" {
+		f, err := os.Open(cfg.deletions)
+		if err != nil {
+			return fmt.Errorf("read -deletions: %w", err)
+		}
+		deletions, err = fhirsample.ParseDeletions(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("read -deletions %s: %w", cfg.deletions, err)
+		}
+	}
 	server, err := fhirsample.New(cfg.dataDir, fhirsample.Options{
+		Deletions:    deletions,
+		NoHistory:    cfg.noHistory,
 		BasePath:     cfg.basePath,
 		DefaultCount: cfg.defaultCount,
 		MaxCount:     cfg.maxCount,
+		SearchDelay:  cfg.searchDelay,
 	})
 	if err != nil {
 		return err
 	}
+	// Loading leaves garbage the size of the data set (hundreds of MB for
+	// the benchmark sets). Collect it now, before serving: otherwise the
+	// first collection, over the whole heap, lands in the middle of the
+	// export a benchmark measures.
+	runtime.GC()
 	listener, err := new(net.ListenConfig).Listen(ctx, "tcp", cfg.addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.addr, err)

@@ -25,6 +25,8 @@ func TestParseFlags(t *testing.T) {
 		{"data is required", []string{"-addr", "127.0.0.1:0"}, "", true},
 		{"stray argument", []string{"-data", "d", "extra"}, "", true},
 		{"unknown flag", []string{"-data", "d", "-fail-rate", "0.1"}, "", true},
+		{"search delay", []string{"-data", "d", "-search-delay", "200ms"}, "127.0.0.1:8080", false},
+		{"negative search delay", []string{"-data", "d", "-search-delay", "-1s"}, "", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -111,6 +111,12 @@ func (p *process) kill() {
 // result is exactly the source data. FAULT_KILLS sets the number of kills
 // (20 in make test; make fault runs more).
 func TestSIGKILLAtRandomMomentsLosesAndRepeatsNothing(t *testing.T) {
+	sigkillTest(t)
+}
+
+// sigkillTest runs the SIGKILL test with extra handler settings (windows on,
+// in windows_test.go).
+func sigkillTest(t *testing.T, extra ...string) {
 	kills := 20
 	if v, err := strconv.Atoi(os.Getenv("FAULT_KILLS")); err == nil && v > 0 {
 		kills = v
@@ -118,10 +124,10 @@ func TestSIGKILLAtRandomMomentsLosesAndRepeatsNothing(t *testing.T) {
 	src, fhirURL := faultySource(t)
 	src.SetSearchDelay(15 * time.Millisecond) // long enough to be killed many times mid-export
 	const limit = 120000
-	p := newProcess(t, fhirURL,
-		"EXPORT_PAGE_SIZE=10", "EXPORT_MAX_FILE_BYTES="+strconv.Itoa(limit), "EXPORT_BLOCK_BYTES=20000",
+	p := newProcess(t, fhirURL, append([]string{
+		"EXPORT_PAGE_SIZE=10", "EXPORT_MAX_FILE_BYTES=" + strconv.Itoa(limit), "EXPORT_BLOCK_BYTES=20000",
 		"EXPORT_LEASE=3s", "EXPORT_VISIBILITY=4s", "EXPORT_RETRY_DELAY=1s", "EXPORT_STALL_AFTER=30s",
-		"EXPORT_WORKERS=4", "EXPORT_MAX_DEQUEUE_COUNT=50")
+		"EXPORT_WORKERS=4", "EXPORT_MAX_DEQUEUE_COUNT=50"}, extra...)...)
 	client := &bulkclient.Client{Base: p.base(), MaxWait: 5 * time.Minute}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	want := fixture(t, nil)

@@ -60,6 +60,7 @@ func (s *Server) capabilityStatement(baseURL string) capabilityStatement {
 	for _, name := range s.store.sortedTypeNames() {
 		rest.Resource = append(rest.Resource, capabilityResourceFor(s.store.types[name]))
 	}
+	s.declareHistory(&rest)
 	return capabilityStatement{
 		ResourceType: "CapabilityStatement",
 		Status:       "active",

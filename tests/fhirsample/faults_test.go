@@ -215,3 +215,33 @@ func TestSearchNoiseIsOnTheFirstPageOfItsTypeOnly(t *testing.T) {
 		t.Errorf("after removing the noise the first page has %d entries, want 10", len(again.Entry))
 	}
 }
+
+// TestOptionsSearchDelayDelaysSearchesOnly: a delay set in Options (fhir-sample
+// -search-delay) holds back searches, with or without failure injection, while
+// metadata and reads are answered at once.
+func TestOptionsSearchDelayDelaysSearchesOnly(t *testing.T) {
+	_, ts := newTestServer(t, Options{SearchDelay: time.Hour})
+	get := func(path string) error {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, ts.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s answered %d", path, resp.StatusCode)
+		}
+		return nil
+	}
+	if err := get("/fhir/metadata"); err != nil {
+		t.Errorf("metadata: %v; want an answer without the delay", err)
+	}
+	if err := get("/fhir/Patient?_summary=count"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("search: %v; want it held back past the client's deadline", err)
+	}
+}

@@ -20,6 +20,9 @@ type searchQuery struct {
 	// params are the accepted parameters, without _format, for self links and page tokens;
 	// parsing them again yields the same query.
 	params url.Values
+	// What the indexes can use (index.go); filters still decide every match.
+	lastUpdatedRanges []instantRange       // one per single-valued _lastUpdated occurrence
+	references        []referenceNarrowing // one per reference parameter occurrence
 }
 
 // resourceFilter is one search parameter occurrence, its comma-separated values already ORed.
@@ -86,11 +89,31 @@ func (q *searchQuery) addParam(rt *resourceType, key string, values []string, li
 	case "_id":
 		return q.addFilters(values, idFilter)
 	case "_lastUpdated":
-		return q.addFilters(values, lastUpdatedFilter)
+		if err := q.addFilters(values, lastUpdatedFilter); err != nil {
+			return err
+		}
+		for _, v := range values {
+			if parts := splitUnescaped(v, ','); len(parts) == 1 {
+				cond, _ := parseDateCondition(v) // valid: addFilters parsed it
+				q.lastUpdatedRanges = append(q.lastUpdatedRanges, cond.bounds())
+			}
+		}
+		return nil
 	}
 	switch param.kind {
 	case referenceParam:
-		return q.addFilters(values, func(v string) (resourceFilter, error) { return referenceFilter(param, v) })
+		if err := q.addFilters(values, func(v string) (resourceFilter, error) { return referenceFilter(param, v) }); err != nil {
+			return err
+		}
+		for _, v := range values {
+			n := referenceNarrowing{elements: param.elements}
+			for _, part := range splitUnescaped(v, ',') {
+				ref, _ := parseReferenceValue(param, part) // valid: addFilters parsed it
+				n.ids = append(n.ids, ref.id)
+			}
+			q.references = append(q.references, n)
+		}
+		return nil
 	case tokenParam:
 		return q.addFilters(values, func(v string) (resourceFilter, error) { return tokenFilter(param, v) })
 	default:

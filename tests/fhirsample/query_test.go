@@ -199,8 +199,9 @@ func TestSplitUnescaped(t *testing.T) {
 	}
 }
 
-// FuzzParseQuery checks that the search parser never panics and that the parameters it
-// keeps for self links and page tokens parse back to a query with the same results.
+// FuzzParseQuery checks that the search parser never panics, that the parameters it
+// keeps for self links and page tokens parse back to a query with the same results, and
+// that the indexes (index.go) find what a scan of every resource finds, in the same order.
 func FuzzParseQuery(f *testing.F) {
 	st, err := loadStore(testDataDir)
 	if err != nil {
@@ -217,6 +218,10 @@ func FuzzParseQuery(f *testing.F) {
 		`code=a\,b%7Cc`,
 		"status:not=final",
 		"_count=0&_summary=false",
+		"_sort=_lastUpdated&_lastUpdated=le2024-10-02T16:14:05.389Z&_lastUpdated=gt2020",
+		"_sort=_lastUpdated,_id&_lastUpdated=2024-10-02&patient=6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2",
+		"_sort=_lastUpdated&_lastUpdated=lt2024-10-02T16:14:05.389Z,ge2025&status=final",
+		"subject=Patient/6c5d9ca9-54d7-42f5-bfae-a7c19cd217f2&performer=x&_sort=_id",
 	}
 	for _, s := range seeds {
 		f.Add(s)
@@ -246,6 +251,21 @@ func FuzzParseQuery(f *testing.F) {
 		}
 		if !slices.Equal(observations.search(again), observations.search(q)) {
 			t.Fatalf("reparsed query %q finds other resources", q.params.Encode())
+		}
+		var scanned []*resource
+		for _, res := range observations.resources {
+			if q.matches(res) {
+				scanned = append(scanned, res)
+			}
+		}
+		slices.SortStableFunc(scanned, func(a, b *resource) int {
+			if len(q.sortKeys) == 0 {
+				return 0
+			}
+			return q.compare(a, b)
+		})
+		if got := observations.search(q); !slices.Equal(got, scanned) {
+			t.Fatalf("query %q: the indexes find %d resources, a scan %d (or another order)", q.params.Encode(), len(got), len(scanned))
 		}
 	})
 }

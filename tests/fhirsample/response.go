@@ -93,24 +93,28 @@ type bundleLink struct {
 }
 
 // bundleEntry is a search match: its full URL and the stored resource bytes. An
-// injected entry may have another search mode (outcome) and no full URL.
+// injected entry may have another search mode (outcome) and no full URL. A stored
+// resource's entry is prebuilt (resource.entry) and only needs the base before it.
 type bundleEntry struct {
-	fullURL string
-	raw     []byte
-	mode    string // search.mode; empty: match
+	prebuilt []byte
+	fullURL  string
+	raw      []byte
+	mode     string // search.mode; empty: match
 }
 
 // searchBundle is one page of a searchset Bundle.
 type searchBundle struct {
 	id      string
 	total   int
+	base    string // the FHIR base URL, for the fullUrl of prebuilt entries
 	links   []bundleLink
 	entries []bundleEntry
 }
 
-// marshal renders the Bundle. It is written by hand so that each resource is embedded
-// exactly as stored: encoding/json would compact and HTML-escape a json.RawMessage.
-func (b searchBundle) marshal() ([]byte, error) {
+// marshal renders the Bundle into out (empty). It is written by hand so that each
+// resource is embedded exactly as stored: encoding/json would compact and HTML-escape a
+// json.RawMessage.
+func (b searchBundle) marshal(out *bytes.Buffer) error {
 	head, err := marshalJSON(struct {
 		ResourceType string       `json:"resourceType"`
 		ID           string       `json:"id"`
@@ -119,23 +123,39 @@ func (b searchBundle) marshal() ([]byte, error) {
 		Link         []bundleLink `json:"link"`
 	}{"Bundle", b.id, "searchset", b.total, b.links})
 	if err != nil {
-		return nil, fmt.Errorf("encode bundle: %w", err)
+		return fmt.Errorf("encode bundle: %w", err)
 	}
 	if len(b.entries) == 0 {
-		return head, nil
+		out.Write(head)
+		return nil
 	}
-	var out bytes.Buffer
+	base, err := marshalJSON(b.base)
+	if err != nil {
+		return fmt.Errorf("encode base URL: %w", err)
+	}
+	base = base[:len(base)-1] // the opening quote stays; the entry closes the string
+	size := len(head) + 16
+	for _, e := range b.entries {
+		size += len(base) + len(e.prebuilt) + len(e.raw) + 64
+	}
+	out.Grow(size)
 	out.Write(head[:len(head)-1]) // drop the closing brace to append the entries
 	out.WriteString(`,"entry":[`)
 	for i, e := range b.entries {
 		if i > 0 {
 			out.WriteByte(',')
 		}
+		if e.prebuilt != nil {
+			out.WriteString(`{"fullUrl":`)
+			out.Write(base)
+			out.Write(e.prebuilt)
+			continue
+		}
 		out.WriteByte('{')
 		if e.fullURL != "" {
 			fullURL, err := marshalJSON(e.fullURL)
 			if err != nil {
-				return nil, fmt.Errorf("encode entry fullUrl: %w", err)
+				return fmt.Errorf("encode entry fullUrl: %w", err)
 			}
 			out.WriteString(`"fullUrl":`)
 			out.Write(fullURL)
@@ -150,5 +170,5 @@ func (b searchBundle) marshal() ([]byte, error) {
 		out.WriteString(`,"search":{"mode":"` + mode + `"}}`)
 	}
 	out.WriteString(`]}`)
-	return out.Bytes(), nil
+	return nil
 }

@@ -6,15 +6,20 @@ import (
 )
 
 // search returns the resources of rt that match every filter of q, in file order, or in
-// q's sort order with ties broken by id.
+// q's sort order with ties broken by id. The result may share its array with the
+// indexes: callers must not modify it.
 func (rt *resourceType) search(q searchQuery) []*resource {
+	cands, ordered := rt.candidates(q)
+	if len(q.filters) == 0 && ordered {
+		return cands
+	}
 	var matched []*resource
-	for _, res := range rt.resources {
+	for _, res := range cands {
 		if q.matches(res) {
 			matched = append(matched, res)
 		}
 	}
-	if len(q.sortKeys) > 0 {
+	if !ordered {
 		slices.SortFunc(matched, q.compare)
 	}
 	return matched

@@ -1,6 +1,7 @@
 package fhirsample
 
 import (
+	"bytes"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -25,6 +27,13 @@ type Options struct {
 	// FailureInjection enables FailNext, ExpireLinks and SetSearchDelay. Off by default, so a
 	// server can never be made to fail by accident.
 	FailureInjection bool
+	// SearchDelay is latency added to every search request (not to metadata or reads), as
+	// a remote FHIR server's would be; SetSearchDelay changes it. Default none.
+	SearchDelay time.Duration
+	// Deletions are applied at start and served as history (history.go).
+	Deletions []Deletion
+	// NoHistory serves no history at all, as a server without it would.
+	NoHistory bool
 }
 
 const (
@@ -43,6 +52,8 @@ type Server struct {
 	startedAt time.Time
 	requests  atomic.Int64
 	faults    faults
+	matches   matchCache
+	deletions map[string][]Deletion // by type, newest first (history.go)
 }
 
 // New loads every <Type>.ndjson file in dir and returns a Server for it.
@@ -55,12 +66,17 @@ func New(dir string, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fhirsample: %w", err)
 	}
+	deletions, err := applyDeletions(st, opts.Deletions)
+	if err != nil {
+		return nil, fmt.Errorf("fhirsample: %w", err)
+	}
 	return &Server{
 		opts:      opts,
 		store:     st,
 		instance:  rand.Text(),
 		startedAt: time.Now(),
-		faults:    faults{enabled: opts.FailureInjection},
+		faults:    faults{enabled: opts.FailureInjection, searchDelay: opts.SearchDelay},
+		deletions: deletions,
 	}, nil
 }
 
@@ -73,6 +89,9 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("fhirsample: BasePath %q must start with /", o.BasePath)
 	}
 	o.BasePath = strings.TrimRight(o.BasePath, "/")
+	if o.SearchDelay < 0 {
+		return o, fmt.Errorf("fhirsample: SearchDelay %v must not be negative", o.SearchDelay)
+	}
 	if o.DefaultCount < 0 || o.MaxCount < 0 {
 		return o, fmt.Errorf("fhirsample: DefaultCount %d and MaxCount %d must not be negative", o.DefaultCount, o.MaxCount)
 	}
@@ -140,6 +159,11 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 		return notFound("unknown resource type %q", segments[0])
 	}
 	switch {
+	case (len(segments) == 2 || len(segments) == 3) && segments[len(segments)-1] == "_history":
+		if err := requireMethod(w, r, http.MethodGet); err != nil {
+			return err
+		}
+		return s.serveHistory(w, r, rt, strings.Join(segments[1:len(segments)-1], ""))
 	case len(segments) == 1:
 		if err := requireMethod(w, r, http.MethodGet); err != nil {
 			return err
@@ -306,10 +330,10 @@ func (s *Server) continueSearch(w http.ResponseWriter, r *http.Request, rt *reso
 
 // writeSearchPage runs the query and answers the page starting at offset.
 func (s *Server) writeSearchPage(w http.ResponseWriter, r *http.Request, rt *resourceType, q searchQuery, offset int) error {
-	matches := rt.search(q)
+	matches := s.cachedSearch(rt, q)
 	base := s.baseURL(r)
 	typeURL := base + "/" + rt.name
-	bundle := searchBundle{id: rand.Text(), total: len(matches)}
+	bundle := searchBundle{id: rand.Text(), total: len(matches), base: base}
 
 	selfURL, err := s.pageURL(typeURL, rt.name, q, offset)
 	if err != nil {
@@ -320,8 +344,9 @@ func (s *Server) writeSearchPage(w http.ResponseWriter, r *http.Request, rt *res
 		return writeBundle(w, bundle)
 	}
 	page := matches[min(offset, len(matches)):min(offset+q.pageSize, len(matches))]
+	bundle.entries = make([]bundleEntry, 0, len(page)+2)
 	for _, res := range page {
-		bundle.entries = append(bundle.entries, bundleEntry{fullURL: typeURL + "/" + res.id, raw: res.raw})
+		bundle.entries = append(bundle.entries, bundleEntry{prebuilt: res.entry})
 	}
 	if offset == 0 {
 		bundle.entries = append(bundle.entries, s.faults.noise(rt.name)...)
@@ -334,6 +359,24 @@ func (s *Server) writeSearchPage(w http.ResponseWriter, r *http.Request, rt *res
 		bundle.links = append(bundle.links, bundleLink{Relation: "next", URL: nextURL})
 	}
 	return writeBundle(w, bundle)
+}
+
+// cachedSearch returns the matches of q, from the cache when the same search (its
+// filters and order; _count and _summary do not change the matches) ran lately.
+func (s *Server) cachedSearch(rt *resourceType, q searchQuery) []*resource {
+	key := url.Values{}
+	for k, v := range q.params {
+		if k != "_count" && k != "_summary" {
+			key[k] = v
+		}
+	}
+	cacheKey := rt.name + "?" + key.Encode()
+	if matches, ok := s.matches.get(cacheKey); ok {
+		return matches
+	}
+	matches := rt.search(q)
+	s.matches.put(cacheKey, matches)
+	return matches
 }
 
 // pageURL is the URL of the page at offset: the plain search for the first page, a page
@@ -353,10 +396,18 @@ func (s *Server) pageURL(typeURL, typeName string, q searchQuery, offset int) (s
 }
 
 func writeBundle(w http.ResponseWriter, b searchBundle) error {
-	body, err := b.marshal()
-	if err != nil {
+	out := pageBuffers.Get().(*bytes.Buffer)
+	defer func() {
+		out.Reset()
+		pageBuffers.Put(out)
+	}()
+	if err := b.marshal(out); err != nil {
 		return err
 	}
-	writeBody(w, http.StatusOK, body)
+	writeBody(w, http.StatusOK, out.Bytes())
 	return nil
 }
+
+// pageBuffers recycles the buffers pages are assembled in (a megabyte each at
+// _count=1000), so that serving a page does not allocate and clear a new one.
+var pageBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}

@@ -50,7 +50,8 @@ func TestMetadata(t *testing.T) {
 	}
 	params := map[string]map[string]string{}
 	for _, r := range cs.Rest[0].Resource {
-		if len(r.Interaction) != 2 || r.Interaction[0].Code != "read" || r.Interaction[1].Code != "search-type" {
+		if len(r.Interaction) != 4 || r.Interaction[0].Code != "read" || r.Interaction[1].Code != "search-type" ||
+			r.Interaction[2].Code != "history-instance" || r.Interaction[3].Code != "history-type" {
 			t.Errorf("%s: interactions %v", r.Type, r.Interaction)
 		}
 		params[r.Type] = map[string]string{}

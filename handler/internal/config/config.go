@@ -103,6 +103,13 @@ type Config struct {
 	RetryAfter       time.Duration // EXPORT_RETRY_AFTER: Retry-After of an in-progress status
 	Lease            time.Duration // EXPORT_LEASE: how long a work item stays owned after its last checkpoint
 	StallAfter       time.Duration // EXPORT_STALL_AFTER: an unowned pending item unchanged this long is enqueued again
+	// EXPORT_WINDOW_RESOURCES: a type of a system export with more resources
+	// is split into _lastUpdated windows of about this many, each its own
+	// work item; 0 turns windows off.
+	WindowResources int
+	// EXPORT_SOURCE_CONCURRENCY: the most requests to the source FHIR server
+	// in flight at once from this process, lowered while it throttles.
+	SourceConcurrency int
 
 	// Standalone mode only (in Functions, host.json's extensions.queues decide).
 	Workers           int           // EXPORT_WORKERS: concurrent work items per process
@@ -157,6 +164,8 @@ func Load(getenv func(string) string) (Config, error) {
 		RetryAfter:        r.duration("EXPORT_RETRY_AFTER", httpapi.DefaultRetryAfter, time.Second, 5*time.Second),
 		Lease:             r.duration("EXPORT_LEASE", def.Lease, 2*time.Second, time.Hour),
 		StallAfter:        r.duration("EXPORT_STALL_AFTER", def.StallAfter, 5*time.Second, 24*time.Hour),
+		WindowResources:   r.integer("EXPORT_WINDOW_RESOURCES", def.WindowResources, 0, 1_000_000_000),
+		SourceConcurrency: r.integer("EXPORT_SOURCE_CONCURRENCY", fhirsource.DefaultConcurrency, 1, 256),
 		Workers:           r.integer("EXPORT_WORKERS", 4, 1, 64),
 		MaxDequeueCount:   r.integer("EXPORT_MAX_DEQUEUE_COUNT", 5, 1, 100),
 		VisibilityTimeout: r.duration("EXPORT_RETRY_DELAY", 30*time.Second, 0, time.Hour),
@@ -353,7 +362,7 @@ func (c Config) Fields() map[string]any {
 		"invocationBudget": c.InvocationBudget.String(), "lease": c.Lease.String(), "stallAfter": c.StallAfter.String(),
 		"workers": c.Workers, "maxDequeueCount": c.MaxDequeueCount, "functionsMode": c.FunctionsPort != "",
 		"containers": c.Containers, "exportStorage": c.ExportStorage.describe(), "downloads": c.Downloads,
-		"sasTtl": c.SASTTL.String(),
+		"sasTtl": c.SASTTL.String(), "windowResources": c.WindowResources, "sourceConcurrency": c.SourceConcurrency,
 	}
 }
 

@@ -49,6 +49,7 @@ func TestEverySettingIsDocumented(t *testing.T) {
 		"AzureWebJobsStorage__clientId": true, "AzureWebJobsStorage__accountName": true,
 		"FHIR_AUTH_SCOPE": true, "FHIR_AUTH_CLIENT_ID": true, "EXPORT_BASE_URL": true, "EXPORT_TYPES": true,
 		"EXPORT_WORKERS": true, "EXPORT_MAX_DEQUEUE_COUNT": true, "EXPORT_RETRY_DELAY": true, "EXPORT_VISIBILITY": true,
+		"EXPORT_WINDOW_RESOURCES": true, "EXPORT_SOURCE_CONCURRENCY": true,
 		// AUTH_MODE=none locally: the settings of the token modes stay out.
 		"AUTH_ISSUER": true, "AUTH_TENANT_ID": true, "AUTH_AUDIENCE": true, "AUTH_ROLE": true, "AUTH_TOKEN_ENDPOINT": true,
 		// Locally the exports share Azurite with the host; the separate

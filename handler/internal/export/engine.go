@@ -19,7 +19,18 @@ type Settings struct {
 	// MaxActivePerOwner is how many unfinished jobs one client (Request.Owner)
 	// may have; a kick-off beyond it is fault.Limited. Zero: no limit.
 	MaxActivePerOwner int
+	// WindowResources splits a type of a system export that holds more
+	// resources than this into _lastUpdated windows of at most about this
+	// many, each its own work item (windows.go). Zero: one item per type.
+	WindowResources int
 }
+
+// DefaultWindowResources is the default of Settings.WindowResources: 100
+// pages at the default page size, about 100 MB of NDJSON at 1 KB a resource
+// (two 64 MiB files), a minute or two of paging on a source answering a page
+// in about a second. Smaller windows add count requests at planning, item
+// rows, messages and files; larger ones leave workers idle on a big type.
+const DefaultWindowResources = 100_000
 
 // DefaultSettings are the production defaults.
 func DefaultSettings() Settings {
@@ -35,6 +46,7 @@ func DefaultSettings() Settings {
 		StallAfter:       15 * time.Minute,
 
 		MaxActivePerOwner: 5,
+		WindowResources:   DefaultWindowResources,
 	}
 }
 
@@ -87,13 +99,22 @@ type Status struct {
 	TotalKnown  bool
 	Output      []OutputFile // Completed only
 	Errors      []OutputFile // Completed only: OperationOutcome files
+	Deleted     []OutputFile // Completed only: Bundle files of the deletions in the _since window
 	Failure     error        // Failed only: the cause, with its fault kind and code
 	CompletedAt time.Time    // Completed only
+
+	// Files are the files a client may download now, in manifest order:
+	// every file once Completed, and while InProgress those already complete
+	// for good (see manifestFiles), for partial manifests. Items are the
+	// ids of the job's work items in manifest order, which page positions
+	// count by (Position.Encode). Both are empty until the plan is done.
+	Files []ManifestEntry
+	Items []string
 
 	// Progress (see estimateProgress). Percent stays below 100 until the
 	// job is Completed: only the manifest means done.
 	Planned    bool // the plan is done: the work items, and Total when known, are final
-	ItemsDone  int  // work items (one per resource type) finished
+	ItemsDone  int  // work items (one per resource type, or per window of one) finished
 	ItemsTotal int  // work items created by the plan
 	Percent    int  // estimated share of the export done, 0 to 99 while in progress
 }

@@ -342,46 +342,57 @@ func (f *failingBlobs) CommitBlocks(ctx context.Context, c, b string, n int, con
 	return etag, cerr
 }
 
+// With windows on, every window is an item of its own, checkpointed, fenced
+// and repaired like any other, and a page read ahead is written only where a
+// streamed one would be: the same failures neither lose nor repeat.
 func TestAFailureAtAnyWriteNeitherLosesNorRepeats(t *testing.T) {
-	set := DefaultSettings()
-	set.MaxFileBytes, set.BlockBytes, set.PageSize = 1500, 500, 3
-	run := func(t *testing.T, fb *failingBlobs) (*bundle, *Status, map[string][]string, int) {
-		b := setup(t, set, func(inner Blobs) Blobs { fb.Blobs = inner; return fb })
-		want := population(b.source, 3, 8)
-		delete(want, "Group")
-		job, err := b.engine.KickOff(context.Background(), Request{Level: LevelSystem, Types: []string{"Observation", "Patient"}, Container: "bulk-export"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		deliveries := b.drain(t, 5)
-		st, err := b.engine.Status(context.Background(), job.ID, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b, st, want, deliveries
-	}
-	// A clean run counts the writes, so that every case below fails one
-	// that the export really makes.
-	clean := &failingBlobs{}
-	_, st, _, cleanDeliveries := run(t, clean)
-	if st.Phase != Completed || clean.calls < 20 {
-		t.Fatalf("clean run: phase %v, %d writes; want completed with many writes to fail", st.Phase, clean.calls)
-	}
-	for i := range 2 * clean.calls {
-		failAt, after := i/2+1, i%2 == 1 // after matters for commits only
-		t.Run(fmt.Sprintf("fail at write %d of %d after=%v", failAt, clean.calls, after), func(t *testing.T) {
-			fb := &failingBlobs{failAt: failAt, afterCommit: after}
-			b, st, want, deliveries := run(t, fb)
-			if !fb.fired {
-				t.Fatalf("the export made %d writes and the failure at write %d never fired", fb.calls, failAt)
+	for _, windows := range []int{0, 5} {
+		t.Run(fmt.Sprintf("windows=%d", windows), func(t *testing.T) {
+			set := DefaultSettings()
+			set.MaxFileBytes, set.BlockBytes, set.PageSize = 1500, 500, 3
+			set.WindowResources = windows
+			run := func(t *testing.T, fb *failingBlobs) (*bundle, *Status, map[string][]string, int) {
+				b := setup(t, set, func(inner Blobs) Blobs { fb.Blobs = inner; return fb })
+				want := population(b.source, 3, 8)
+				delete(want, "Group")
+				job, err := b.engine.KickOff(context.Background(), Request{Level: LevelSystem, Types: []string{"Observation", "Patient"}, Container: "bulk-export"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				deliveries := b.drain(t, 5)
+				st, err := b.engine.Status(context.Background(), job.ID, "")
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b, st, want, deliveries
 			}
-			if deliveries <= cleanDeliveries {
-				t.Errorf("%d deliveries, as many as a clean run: the injected failure was not seen", deliveries)
+			// A clean run counts the writes, so that every case below fails one
+			// that the export really makes.
+			clean := &failingBlobs{}
+			_, st, _, cleanDeliveries := run(t, clean)
+			if st.Phase != Completed || clean.calls < 20 {
+				t.Fatalf("clean run: phase %v, %d writes; want completed with many writes to fail", st.Phase, clean.calls)
 			}
-			if st.Phase != Completed {
-				t.Fatalf("phase %v, failure %v", st.Phase, st.Failure)
+			if windows > 0 && st.ItemsTotal < 4 {
+				t.Fatalf("clean run with windows of %d: %d items; the 24 Observations were not split", windows, st.ItemsTotal)
 			}
-			wantExactly(t, b.lines(t, st, set.MaxFileBytes), want)
+			for i := range 2 * clean.calls {
+				failAt, after := i/2+1, i%2 == 1 // after matters for commits only
+				t.Run(fmt.Sprintf("fail at write %d of %d after=%v", failAt, clean.calls, after), func(t *testing.T) {
+					fb := &failingBlobs{failAt: failAt, afterCommit: after}
+					b, st, want, deliveries := run(t, fb)
+					if !fb.fired {
+						t.Fatalf("the export made %d writes and the failure at write %d never fired", fb.calls, failAt)
+					}
+					if deliveries <= cleanDeliveries {
+						t.Errorf("%d deliveries, as many as a clean run: the injected failure was not seen", deliveries)
+					}
+					if st.Phase != Completed {
+						t.Fatalf("phase %v, failure %v", st.Phase, st.Failure)
+					}
+					wantExactly(t, b.lines(t, st, set.MaxFileBytes), want)
+				})
+			}
 		})
 	}
 }

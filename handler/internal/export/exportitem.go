@@ -48,11 +48,21 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 	if err := ew.repair(ctx); err != nil {
 		return err
 	}
-	run, err := e.newItemRun(ctx, job, item)
-	if err != nil {
-		return err
+	var run pager
+	if item.Kind == ItemDeleted {
+		run = e.newDeletedRun(job, item, ew)
+	} else {
+		search, err := e.newItemRun(ctx, job, item)
+		if err != nil {
+			return err
+		}
+		search.errs = ew
+		// Read the next page ahead only while this invocation will write
+		// it; a hand-on writes the page read ahead first.
+		search.mayReadAhead = func() bool { return !at.stopping() && time.Now().Before(deadline) }
+		defer search.stopReadAhead()
+		run = search
 	}
-	run.errs = ew
 
 	cur := item.Cursor
 	lastCheckpoint, checkpoints := time.Now(), 0
@@ -71,7 +81,7 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 		// continuation, so a stop loses nothing and repeats nothing.
 		outOfTime := time.Now().After(deadline)
 		stopping := at.stopping()
-		handOn := !finished && (outOfTime || stopping)
+		handOn := !finished && (outOfTime || stopping) && !readingAhead(run)
 		if !finished && !handOn && w.pending()+ew.pending() < int64(e.set.BlockBytes) && time.Since(lastCheckpoint) < e.checkpointEvery(checkpoints) {
 			continue
 		}
@@ -102,7 +112,12 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 			return err
 		}
 		if finished {
-			log.Info().Int64("resources", item.Done).Int("files", len(item.Files)).Int64("duplicatesSkipped", item.Skipped).Int64("errors", item.ErrorCount).Msg("work item done")
+			// type, bytes and sinceKickOff feed the operators' workbook
+			// (resources and bytes per minute, time to finish per type).
+			log.Info().Str("type", item.Type).Int64("resources", item.Done).Int("files", len(item.Files)).
+				Int64("bytes", fileBytes(item.Files)).Int64("duplicatesSkipped", item.Skipped).Int64("errors", item.ErrorCount).
+				Dur("sinceKickOff", e.now().Sub(job.CreatedAt)).Msg("work item done")
+			e.logIfCompleted(ctx, job)
 			return nil
 		}
 		if handOn {
@@ -136,6 +151,14 @@ type itemRun struct {
 	keep    elementSet              // _elements of the item's type; nil: resources are written whole
 
 	lastRestart restartPoint // where the last restart after a lost next link began
+
+	// Reading the next page ahead while one is written (readahead.go).
+	ahead        *readAhead
+	noAhead      bool        // a page was too large to hold: stream the rest
+	mayReadAhead func() bool // false once the invocation is about to hand on
+	aheadSize    int         // bytes of the last page read ahead, to size the next one's buffer
+	spareBuf     []byte      // the buffers of the page written last, for the next read ahead
+	spareEntries []aheadEntry
 }
 
 type restartPoint struct {
@@ -191,7 +214,8 @@ func (p *position) pass(lastUpdated time.Time, id string) {
 }
 
 func (e *Engine) newItemRun(ctx context.Context, job *Job, item *WorkItem) (*itemRun, error) {
-	r := &itemRun{e: e, job: job, item: item, queries: filterQueries(job, item.Type), batchOf: -1,
+	// A window's searches carry its bounds instead of the job's.
+	r := &itemRun{e: e, job: windowJob(job, item.Window), item: item, queries: filterQueries(job, item.Type), batchOf: -1,
 		keep: elementsFor(job.Request.Elements, item.Type)}
 	if job.Request.Level == LevelSystem {
 		return r, nil
@@ -334,7 +358,7 @@ func (r *itemRun) page(ctx context.Context, w *fileWriter, c Cursor) (string, er
 func (r *itemRun) visitPage(ctx context.Context, w *fileWriter, c Cursor, pageURL string) (string, error) {
 	var held []heldResource
 	entry := 0
-	next, err := r.e.source.Page(ctx, pageURL, func(en Entry) error {
+	next, err := r.fetchPage(ctx, pageURL, func(en Entry) error {
 		entry++
 		if en.Mode == "outcome" {
 			return r.writeOutcomeEntry(ctx, c, entry, en.Resource)
@@ -342,14 +366,17 @@ func (r *itemRun) visitPage(ctx context.Context, w *fileWriter, c Cursor, pageUR
 		if en.Mode != "" && en.Mode != "match" {
 			return nil
 		}
-		r.scratch.Reset()
 		if len(bytes.TrimSpace(en.Resource)) == 0 {
 			return r.writeEntryError(ctx, c, entry, "the entry has no resource")
 		}
-		if err := json.Compact(&r.scratch, en.Resource); err != nil {
-			return r.writeEntryError(ctx, c, entry, "the resource is not valid JSON")
+		line := en.Resource
+		if !en.Compact { // one pass over the resource's bytes either way
+			r.scratch.Reset()
+			if err := json.Compact(&r.scratch, en.Resource); err != nil {
+				return r.writeEntryError(ctx, c, entry, "the resource is not valid JSON")
+			}
+			line = r.scratch.Bytes()
 		}
-		line := r.scratch.Bytes()
 		head := readHead(line)
 		switch {
 		case line[0] != '{':
@@ -414,6 +441,9 @@ func (r *itemRun) writeOutcomeEntry(ctx context.Context, c Cursor, entry int, re
 // why, never what it held: a malformed resource may still carry PHI.
 func (r *itemRun) writeEntryError(ctx context.Context, c Cursor, entry int, why string) error {
 	where := r.item.Type + " search"
+	if w := r.item.Window; w != nil {
+		where += fmt.Sprintf(" (window %d, _lastUpdated up to %s)", w.N, fhir.FormatInstant(w.Until))
+	}
 	if len(r.queries) > 1 {
 		where += fmt.Sprintf(", _typeFilter query %d", c.Query+1)
 	}

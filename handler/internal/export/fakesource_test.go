@@ -33,6 +33,22 @@ type fakeSource struct {
 	// params, when set, is what SearchParams answers: the source's
 	// CapabilityStatement search parameters by type.
 	params map[string][]string
+
+	// history is every version of every resource, in the order made: what
+	// HistoryPage serves (newest first). add records a PUT, remove a DELETE.
+	history []fakeVersion
+	// noHistoryType lists the types whose CapabilityStatement lacks
+	// history-type; historyRefused makes every history request answer 404.
+	noHistoryType  []string
+	historyRefused bool
+	// historyFailAt makes the history request with that number (1-based,
+	// counted in historyCalls) fail transiently, as a dropped connection would.
+	historyFailAt, historyCalls int
+}
+
+type fakeVersion struct {
+	typ, id, method string
+	at              time.Time
 }
 
 type fakeResource struct {
@@ -58,6 +74,80 @@ func (s *fakeSource) add(raw string) {
 		panic(err)
 	}
 	s.data[typ] = append(s.data[typ], fakeResource{json: []byte(raw), id: fields["id"].(string), lastUpdated: lu, fields: fields})
+	s.history = append(s.history, fakeVersion{typ: typ, id: fields["id"].(string), method: "PUT", at: lu})
+}
+
+// remove deletes typ/id at the instant at, as a DELETE version in the history.
+func (s *fakeSource) remove(typ, id string, at time.Time) {
+	s.data[typ] = slices.DeleteFunc(s.data[typ], func(r fakeResource) bool { return r.id == id })
+	s.history = append(s.history, fakeVersion{typ: typ, id: id, method: "DELETE", at: at})
+}
+
+func (s *fakeSource) HistoryTypes(ctx context.Context) ([]string, error) {
+	types, _ := s.Types(ctx)
+	for _, v := range s.history {
+		types = append(types, v.typ)
+	}
+	slices.Sort(types)
+	return slices.DeleteFunc(slices.Compact(types), func(t string) bool { return slices.Contains(s.noHistoryType, t) }), nil
+}
+
+func (s *fakeSource) HistoryURL(typ, id, query string) string {
+	if id != "" {
+		typ += "/" + id
+	}
+	return "fake:///" + typ + "/_history?" + query
+}
+
+// HistoryPage serves the versions at or after _since, newest first, in
+// pages of _count at _offset.
+func (s *fakeSource) HistoryPage(ctx context.Context, pageURL string, visit func(HistoryEntry) error) (string, error) {
+	s.mu.Lock()
+	s.requests++
+	s.mu.Unlock()
+	s.mu.Lock()
+	s.historyCalls++
+	fail := s.historyCalls == s.historyFailAt
+	s.mu.Unlock()
+	if fail {
+		return "", fault.New(fault.Transient, "injected failure of history request %d", s.historyFailAt)
+	}
+	if s.historyRefused {
+		return "", fmt.Errorf("%w: %w", ErrNoHistory, fault.New(fault.Permanent, "404 Not Found: GET %s", pageURL))
+	}
+	u, err := url.Parse(pageURL)
+	if err != nil {
+		return "", err
+	}
+	parts := strings.Split(strings.TrimPrefix(strings.TrimSuffix(u.Path, "/_history"), "/"), "/")
+	q := u.Query()
+	since, err := time.Parse(time.RFC3339Nano, q.Get("_since"))
+	if err != nil {
+		return "", err
+	}
+	var hits []fakeVersion
+	for _, v := range slices.Backward(s.history) {
+		if v.typ == parts[0] && (len(parts) == 1 || v.id == parts[1]) && !v.at.Before(since) {
+			hits = append(hits, v)
+		}
+	}
+	slices.SortStableFunc(hits, func(a, b fakeVersion) int { return b.at.Compare(a.at) })
+	count, _ := strconv.Atoi(q.Get("_count"))
+	if count <= 0 {
+		count = s.maxCount
+	}
+	offset, _ := strconv.Atoi(q.Get("_offset"))
+	end := min(offset+count, len(hits))
+	for _, v := range hits[offset:end] {
+		if err := visit(HistoryEntry{Method: v.method, Type: v.typ, ID: v.id, At: v.at}); err != nil {
+			return "", err
+		}
+	}
+	if end >= len(hits) {
+		return "", nil
+	}
+	q.Set("_offset", strconv.Itoa(end))
+	return "fake://" + u.Path + "?" + q.Encode(), nil
 }
 
 func (s *fakeSource) Now(ctx context.Context) (time.Time, error) { return s.now, nil }

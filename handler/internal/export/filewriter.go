@@ -33,11 +33,15 @@ type fileWriter struct {
 }
 
 func newFileWriter(blobs Blobs, job *Job, item *WorkItem, set Settings) *fileWriter {
+	prefix := filePrefix(item)
+	if item.Kind == ItemDeleted {
+		prefix = deletedFilePrefix(item.Type)
+	}
 	return &fileWriter{
 		blobs:     blobs,
 		container: job.Request.Container,
 		folder:    job.ID + "/",
-		typ:       item.Type,
+		typ:       prefix,
 		maxBytes:  set.MaxFileBytes,
 		blockSize: set.BlockBytes,
 		files:     &item.Files,
@@ -52,7 +56,7 @@ func newFileWriter(blobs Blobs, job *Job, item *WorkItem, set Settings) *fileWri
 // fields, so its lines are committed, repaired and fenced exactly as output.
 func newErrorWriter(blobs Blobs, job *Job, item *WorkItem, set Settings) *fileWriter {
 	w := newFileWriter(blobs, job, item, set)
-	w.typ = errorFilePrefix(item.Type)
+	w.typ = errorFilePrefix(w.typ)
 	w.files, w.blocks, w.etag, w.done = &item.ErrorFiles, &item.ErrorBlocks, &item.ErrorBlobETag, &item.ErrorCount
 	// Error lines are few: a small buffer, not an output block.
 	w.blockSize = min(w.blockSize, 64<<10)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -266,16 +267,23 @@ func (e *Engine) activeJob(ctx context.Context, jobID, owner string) (*Job, erro
 }
 
 // OpenFile opens one file of the manifest of owner's completed job for
-// download.
+// download, or, if the job allowed partial manifests, one of the files a
+// partial manifest of the running job may list (Status.Files).
 func (e *Engine) OpenFile(ctx context.Context, jobID, owner, name string) (io.ReadCloser, int64, error) {
 	st, err := e.Status(ctx, jobID, owner)
 	if err != nil {
 		return nil, 0, err
 	}
+	files := slices.Concat(st.Output, st.Deleted, st.Errors)
 	if st.Phase != Completed {
-		return nil, 0, fault.New(fault.NotFound, "export job %s has no files yet", jobID)
+		if st.Phase != InProgress || !st.Job.Request.AllowPartialManifests {
+			return nil, 0, fault.New(fault.NotFound, "export job %s has no files yet", jobID)
+		}
+		for _, f := range st.Files {
+			files = append(files, f.OutputFile)
+		}
 	}
-	for _, f := range append(st.Output, st.Errors...) {
+	for _, f := range files {
 		if f.Name == name {
 			return e.blobs.Open(ctx, st.Job.Request.Container, jobID+"/"+name)
 		}

@@ -47,6 +47,10 @@ type Request struct {
 	// auth.Principal.OwnerKey()). Only that client sees the job: Status,
 	// Cancel and OpenFile answer fault.NotFound to any other.
 	Owner string `json:"owner,omitempty"`
+	// AllowPartialManifests (IG v3) lets a status poll of the running job
+	// answer 202 with a manifest page of the files already complete, and
+	// pages the manifest (see the HTTP API's status).
+	AllowPartialManifests bool `json:"allowPartialManifests,omitempty"`
 }
 
 // JobState is what the job entity itself records. The status a client sees is
@@ -114,7 +118,7 @@ type Cursor struct {
 // WorkItem is one unit of export work: one resource type of one job, or the plan.
 type WorkItem struct {
 	JobID string    `json:"job"`
-	ID    string    `json:"id"`   // PlanItemID or the resource type
+	ID    string    `json:"id"`   // PlanItemID, the resource type, or <Type>.w<NNNN> for a window (windowItemID)
 	Type  string    `json:"type"` // resource type; empty for the plan item
 	State ItemState `json:"state"`
 
@@ -131,6 +135,10 @@ type WorkItem struct {
 	Done     int64    `json:"done"`               // resources written so far
 	Expected int64    `json:"expected,omitempty"` // source's count, when known (progress only)
 	Skipped  int64    `json:"skipped,omitempty"`  // duplicates suppressed across member batches and compartment parameters
+
+	// Kind is ItemDeleted for an item that lists its type's deletions
+	// (deleted.go), "" for a search item.
+	Kind string `json:"kind,omitempty"`
 
 	// The item's error files (<Type>-errors-<n>.ndjson): one OperationOutcome
 	// a line for each search outcome entry the source sent and each resource
@@ -154,10 +162,36 @@ type WorkItem struct {
 	LeaseOwner string    `json:"leaseOwner,omitempty"`
 	LeaseUntil time.Time `json:"leaseUntil,omitzero"`
 
+	// Window, when set, bounds the item to the resources of its type last
+	// updated in (After, Until]: one of several items of a type the plan split
+	// (see windows.go). Nil: the job's own bounds.
+	Window *Window `json:"window,omitempty"`
+
 	// Plan item only: the outcome of planning.
 	Batches int `json:"batches,omitempty"` // member batches written (Patient/Group)
+	// Planned is every work item the plan decided on, recorded before any is
+	// created, so that a plan run again after a crash creates the same items
+	// (the same windows) instead of counting again and splitting otherwise.
+	Planned []PlannedItem `json:"planned,omitempty"`
 
 	ETag string `json:"-"` // set by the Store
+}
+
+// Window is a _lastUpdated range (After, Until] of one resource type. After
+// zero is no lower bound (or, at planning, the job's _since).
+type Window struct {
+	N     int       `json:"n"` // 1-based position among the type's windows; names the item and its files
+	After time.Time `json:"after,omitzero"`
+	Until time.Time `json:"until"`
+}
+
+// PlannedItem is a work item as the plan records it before creating it.
+type PlannedItem struct {
+	ID       string   `json:"id"`
+	Type     string   `json:"type"`
+	Expected int64    `json:"expected"`
+	Params   []string `json:"params,omitempty"`
+	Window   *Window  `json:"window,omitempty"`
 }
 
 // Message is the text of a queue message: ids only, never data.

@@ -56,6 +56,10 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 			return fmt.Errorf("read the source's search parameters: %w", err)
 		}
 	}
+	// A plan that recorded its items and died before it was done is run
+	// again: it creates exactly the recorded items.
+	recorded := len(item.Planned) > 0
+	var planned []PlannedItem
 	for _, t := range types {
 		var params []string
 		if job.Request.Level != LevelSystem {
@@ -68,6 +72,9 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 				continue
 			}
 		}
+		if recorded {
+			continue // an earlier run of this plan decided the items: create those
+		}
 		n, err := e.source.Count(ctx, t, boundsQuery(job).Encode())
 		if err != nil {
 			return fmt.Errorf("count %s on the source: %w", t, err)
@@ -75,12 +82,44 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 		if n == 0 {
 			continue
 		}
-		if filterQueries(job, t)[0] != "" {
+		windows, err := e.planWindows(ctx, job, t, n, params, func() error { return e.record(ctx, item) })
+		if err != nil {
+			return err
+		}
+		if windows == nil {
+			planned = append(planned, PlannedItem{ID: t, Type: t, Expected: n, Params: params})
+			continue
+		}
+		planned = append(planned, windows...)
+		// Splitting took count requests: renew the plan's lease (the
+		// items are not recorded yet, so a crash now plans afresh).
+		if err := e.record(ctx, item); err != nil {
+			return err
+		}
+	}
+	// Record the items before creating any, so that a plan run again after
+	// a crash creates the same ones (windows depend on counts that change).
+	if !recorded && len(planned) > 0 {
+		item.Planned = planned
+		if err := e.record(ctx, item); err != nil {
+			return err
+		}
+	}
+	for _, p := range item.Planned {
+		if filterQueries(job, p.Type)[0] != "" {
 			exact = false
 		}
-		expected += n
-		work = append(work, &WorkItem{JobID: job.ID, ID: t, Type: t, State: ItemPending, Expected: n, UpdatedAt: e.now().UTC(), Params: params})
+		expected += p.Expected
+		work = append(work, &WorkItem{JobID: job.ID, ID: p.ID, Type: p.Type, State: ItemPending, Expected: p.Expected,
+			UpdatedAt: e.now().UTC(), Params: p.Params, Window: p.Window})
 	}
+
+	// With _since, each type's deletions are an item of their own (deleted.go).
+	deleted, notListed, err := e.planDeleted(ctx, job, types)
+	if err != nil {
+		return err
+	}
+	work, warnings = append(work, deleted...), append(warnings, notListed...)
 
 	if err := e.writeWarnings(ctx, job, item, warnings); err != nil {
 		return err
@@ -101,6 +140,9 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 		return err
 	}
 	log.Info().Int("workItems", len(work)).Int64("expected", expected).Msg("export planned")
+	if len(work) == 0 {
+		e.logIfCompleted(ctx, job) // nothing to export: the job is complete already
+	}
 	return e.checkCancelled(ctx, job.ID) // a cancel during planning: remove the warnings file too
 }
 

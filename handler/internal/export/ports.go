@@ -2,6 +2,7 @@ package export
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"regexp"
@@ -103,6 +104,10 @@ type Condition struct {
 type Entry struct {
 	Resource []byte // the resource's JSON as the source sent it
 	Mode     string // search.mode: "match", "include" or "outcome" ("" counts as match)
+	// Compact reports that the source adapter has already validated Resource
+	// as JSON and removed its insignificant whitespace (what json.Compact
+	// does), so the engine writes it without another pass over its bytes.
+	Compact bool
 }
 
 // Source is the FHIR server the data comes from.
@@ -125,7 +130,37 @@ type Source interface {
 	// the absolute URL of the next page ("" on the last page). visit's bytes
 	// are only valid during the call.
 	Page(ctx context.Context, pageURL string, visit func(Entry) error) (next string, err error)
+
+	// HistoryTypes lists the resource types whose history the source's
+	// CapabilityStatement offers: those declared with the history-type
+	// interaction, or with no interaction list (the statement is silent; a
+	// refusal then comes from the history request itself).
+	HistoryTypes(ctx context.Context) ([]string, error)
+	// HistoryURL builds the absolute URL of the first page of
+	// [resourceType]/_history (id "") or [resourceType]/[id]/_history, with
+	// query (URL-encoded).
+	HistoryURL(resourceType, id, query string) string
+	// HistoryPage fetches one page of a history Bundle, calls visit for each
+	// entry in order, and returns the absolute URL of the next page. A source
+	// that answers the request with 400, 404, 405 or 501 gives an error
+	// matching ErrNoHistory (and keeping its fault kind).
+	HistoryPage(ctx context.Context, pageURL string, visit func(HistoryEntry) error) (next string, err error)
 }
+
+// HistoryEntry is what the export reads of one history Bundle entry.
+type HistoryEntry struct {
+	Method string // request.method: "DELETE", "PUT", "POST", ...
+	// Type and ID name the resource of the entry: from request.url
+	// ("Patient/123"), else fullUrl, else the entry's resource.
+	Type string
+	ID   string
+	// At is when the version was made: response.lastModified, else the
+	// resource's meta.lastUpdated; zero if the entry says neither.
+	At time.Time
+}
+
+// ErrNoHistory marks a history request the source refused as unsupported.
+var ErrNoHistory = errors.New("the source FHIR server does not support this history request")
 
 // Clock is the engine's time source; tests use a fixed one.
 type Clock func() time.Time

@@ -27,7 +27,45 @@ func (e *Engine) Status(ctx context.Context, jobID, owner string) (*Status, erro
 	if err != nil {
 		return nil, fmt.Errorf("read work items of job %s: %w", jobID, err)
 	}
-	return deriveStatus(job, items), nil
+	st := deriveStatus(job, items)
+	st.Files, st.Items = manifestFiles(items)
+	return st, nil
+}
+
+// logIfCompleted writes the "export completed" line, with the job's totals,
+// when the item that just finished was the job's last. Status is derived on
+// each poll and never stored, so without this line the logs could tell a
+// finished job from an abandoned one only by its client's polls. Two items
+// finishing at the same moment may both write it: readers count distinct
+// jobs. Best effort: a failed read only costs the line.
+func (e *Engine) logIfCompleted(ctx context.Context, job *Job) {
+	items, err := e.store.ListItems(ctx, job.ID)
+	if err != nil {
+		return
+	}
+	st := deriveStatus(job, items)
+	if st.Phase != Completed {
+		return
+	}
+	var files int
+	var bytes int64
+	for _, it := range items {
+		files += len(it.Files)
+		bytes += fileBytes(it.Files)
+	}
+	// The worker's logger already carries the job and work item ids.
+	zerolog.Ctx(ctx).Info().Str("exportLevel", string(job.Request.Level)).
+		Int64("resources", st.Done).Int("files", files).Int64("bytes", bytes).
+		Dur("sinceKickOff", e.now().Sub(job.CreatedAt)).Msg("export completed")
+}
+
+// fileBytes is the size of a work item's committed files.
+func fileBytes(files []File) int64 {
+	var n int64
+	for _, f := range files {
+		n += f.Bytes
+	}
+	return n
 }
 
 // RestartStalled is the watchdog that keeps a job from hanging when a work
@@ -89,7 +127,7 @@ func deriveStatus(job *Job, items []*WorkItem) *Status {
 		if it.UpdatedAt.After(st.CompletedAt) {
 			st.CompletedAt = it.UpdatedAt
 		}
-		if it.ID != PlanItemID {
+		if it.ID != PlanItemID && it.Kind != ItemDeleted { // deletions are not resources
 			st.Done += it.Done
 		}
 	}
@@ -102,7 +140,14 @@ func deriveStatus(job *Job, items []*WorkItem) *Status {
 		return st
 	}
 	st.Phase = Completed
-	sort.Slice(items, func(i, j int) bool { return items[i].Type < items[j].Type })
+	// By type, then item id: the windows of a type in order (their ids and
+	// file names carry fixed-width numbers), then each item's files in order.
+	sort.Slice(items, func(i, j int) bool {
+		if items[i].Type != items[j].Type {
+			return items[i].Type < items[j].Type
+		}
+		return items[i].ID < items[j].ID
+	})
 	for _, it := range items {
 		for _, f := range it.Files {
 			if f.Count == 0 {
@@ -112,6 +157,9 @@ func deriveStatus(job *Job, items []*WorkItem) *Status {
 			if it.ID == PlanItemID {
 				of.Type = "OperationOutcome"
 				st.Errors = append(st.Errors, of)
+			} else if it.Kind == ItemDeleted {
+				of.Type = "Bundle"
+				st.Deleted = append(st.Deleted, of)
 			} else {
 				st.Output = append(st.Output, of)
 			}

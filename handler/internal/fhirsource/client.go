@@ -67,6 +67,11 @@ type Options struct {
 	BaseBackoff time.Duration
 	// UserAgent is sent on every request (default "azfhir-bulkexport").
 	UserAgent string
+	// Concurrency caps the requests in flight at once (default
+	// DefaultConcurrency). A 429 or 503 lowers the cap for every caller of
+	// the Client and a Retry-After holds them all back; successes raise it
+	// again (see limiter).
+	Concurrency int
 }
 
 // TokenSource returns a bearer token for the source. It is called before
@@ -87,6 +92,7 @@ type Client struct {
 	maxAttempts int
 	baseBackoff time.Duration
 	userAgent   string
+	limit       *limiter
 	// sleep waits d or until ctx is done; tests replace it to record waits.
 	sleep func(ctx context.Context, d time.Duration) error
 }
@@ -116,6 +122,10 @@ func New(o Options) (*Client, error) {
 	if c.userAgent == "" {
 		c.userAgent = defaultUserAgent
 	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = DefaultConcurrency
+	}
+	c.limit = newLimiter(o.Concurrency)
 	var hc http.Client
 	if o.HTTPClient != nil {
 		hc = *o.HTTPClient // a shallow copy shares the transport and its connections
@@ -155,7 +165,11 @@ func defaultTransport() *http.Transport {
 	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.TLSHandshakeTimeout = 10 * time.Second
 	t.ResponseHeaderTimeout = 60 * time.Second
-	t.MaxIdleConnsPerHost = 32 // the workers of a job page one host in parallel
+	// The workers of a process page one host in parallel (at most
+	// Options.Concurrency at once, two per work item while one page is read
+	// ahead): keep that many connections open for reuse. DisableCompression
+	// stays false, so every request asks for gzip (see attempt).
+	t.MaxIdleConnsPerHost = 32
 	return t
 }
 

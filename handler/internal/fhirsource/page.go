@@ -1,12 +1,16 @@
 package fhirsource
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
@@ -56,7 +60,12 @@ func (c *Client) Page(ctx context.Context, pageURL string, visit func(export.Ent
 			return err
 		}, visit)
 		if pe, ok := err.(pageError); ok {
-			err = bodyError(ctx, pe.error, op)
+			var se *syntaxError
+			if errors.As(pe.error, &se) && ctx.Err() == nil {
+				err = fault.Wrap(fault.Permanent, se, "%s: the source FHIR server sent JSON that cannot be read", op)
+			} else {
+				err = bodyError(ctx, pe.error, op)
+			}
 			// Retried only while nothing was visited; see above.
 			return visited == 0 && fault.Is(err, fault.Transient), err
 		}
@@ -121,6 +130,17 @@ func (c *Client) resolveNext(page *url.URL, link string) (string, error) {
 // error returned by visit or by the next-link check).
 type pageError struct{ error }
 
+// syntaxError is a page body that is not JSON. It is the source's fault and
+// fetching the page again returns the same bytes, so it is permanent.
+type syntaxError struct {
+	msg    string
+	offset int64 // bytes of the body read before the error
+}
+
+func (e *syntaxError) Error() string {
+	return fmt.Sprintf("%s (at byte %d of the page)", e.msg, e.offset)
+}
+
 // searchMode is Bundle.entry.search.mode; decoding the usual codes allocates
 // nothing.
 type searchMode string
@@ -141,94 +161,117 @@ func (m *searchMode) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-type bundleEntry struct {
-	Resource json.RawMessage `json:"resource"`
-	Search   struct {
-		Mode searchMode `json:"mode"`
-	} `json:"search"`
-}
-
 type bundleLink struct {
 	Relation string `json:"relation"`
 	URL      string `json:"url"`
 }
 
-// decodePage walks a Bundle token by token: it calls visit for each entry as
-// soon as the entry is decoded and onNext for each next link, wherever "link"
-// stands. visited counts the calls to visit. A failure to read the body or an
-// invalid body is a pageError; a non-Bundle is fault.Permanent; errors from
-// onNext and visit are returned as they are.
+// decodePage walks a Bundle in one pass over its bytes: it calls visit for
+// each entry as soon as the entry's end has arrived and onNext for each next
+// link, wherever "link" stands. Each resource is validated and compacted
+// while it is read, into a buffer reused entry after entry, so the engine
+// gets bytes it can write as they are (Entry.Compact) instead of decoding,
+// re-scanning and compacting them again. visited counts the calls to visit.
+// A failure to read the body or an invalid body is a pageError; a non-Bundle
+// is fault.Permanent; errors from onNext and visit are returned as they are.
 func decodePage(r io.Reader, onNext func(string) error, visit func(export.Entry) error) (visited int, err error) {
-	dec := json.NewDecoder(r)
-	if err := expectDelim(dec, '{'); err != nil {
-		return 0, err
+	s := scanners.Get().(*bundleScanner)
+	s.reset(r)
+	defer func() {
+		s.reset(nil)
+		scanners.Put(s)
+	}()
+	return s.bundle(onNext, visit)
+}
+
+// scanners recycles the read buffer and the entry buffers from page to page.
+var scanners = sync.Pool{New: func() any { return &bundleScanner{buf: make([]byte, 64<<10)} }}
+
+// bundleScanner reads one JSON document from a stream, a buffer at a time. It
+// is a validating JSON scanner that copies what it reads, minus insignificant
+// whitespace, to a destination the caller chooses: the same output as
+// json.Compact, with the same syntax accepted.
+type bundleScanner struct {
+	r        io.Reader
+	buf      []byte
+	pos, end int
+	off      int64 // body offset of buf[0]
+	err      error // what ended the stream (io.EOF at its end)
+	resource []byte
+	scratch  []byte
+	key      []byte
+}
+
+func (s *bundleScanner) reset(r io.Reader) {
+	s.r, s.pos, s.end, s.off, s.err = r, 0, 0, 0, nil
+	s.resource, s.scratch, s.key = s.resource[:0], s.scratch[:0], s.key[:0]
+	// A rare huge resource (a Binary of many MB) is not kept for the next page.
+	if cap(s.resource) > maxKeptBuffer {
+		s.resource = nil
 	}
-	var (
-		resourceType string
-		entry        bundleEntry     // its Resource buffer is reused entry after entry
-		skip         json.RawMessage // likewise for skipped values
-	)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return visited, pageError{err}
-		}
-		switch key, _ := tok.(string); key {
+	if cap(s.scratch) > maxKeptBuffer {
+		s.scratch = nil
+	}
+}
+
+// maxKeptBuffer is the largest entry buffer a scanner keeps between pages.
+const maxKeptBuffer = 1 << 20
+
+// maxDepth is encoding/json's nesting limit.
+const maxDepth = 10000
+
+func (s *bundleScanner) bundle(onNext func(string) error, visit func(export.Entry) error) (visited int, err error) {
+	c, err := s.peek()
+	if err != nil {
+		return 0, pageError{err}
+	}
+	if c != '{' {
+		return 0, fault.New(fault.Permanent, "the source FHIR server sent a page that is not a JSON Bundle (expected '{', got %q)", c)
+	}
+	s.pos++
+	var resourceType string
+	err = s.members(func(key []byte) error {
+		switch string(key) {
 		case "resourceType":
-			if err := dec.Decode(&resourceType); err != nil {
-				return visited, pageError{err}
+			v, err := s.value(s.scratch[:0], 1)
+			if err != nil {
+				return pageError{err}
+			}
+			if err := json.Unmarshal(v, &resourceType); err != nil {
+				return pageError{err}
 			}
 			if resourceType != "Bundle" {
-				return visited, fault.New(fault.Permanent, "the source FHIR server answered a search with a %q, not a Bundle", truncate(resourceType, 64))
+				return fault.New(fault.Permanent, "the source FHIR server answered a search with a %q, not a Bundle", truncate(resourceType, 64))
 			}
 		case "entry":
-			tok, err := dec.Token()
-			if err != nil {
-				return visited, pageError{err}
-			}
-			if tok == nil { // "entry": null
-				continue
-			}
-			if d, ok := tok.(json.Delim); !ok || d != '[' {
-				return visited, fault.New(fault.Permanent, "the source FHIR server sent a Bundle whose entry is not an array")
-			}
-			for dec.More() {
-				entry.Resource = entry.Resource[:0]
-				entry.Search.Mode = ""
-				if err := dec.Decode(&entry); err != nil {
-					return visited, pageError{err}
-				}
-				if len(entry.Resource) == 0 || string(entry.Resource) == "null" {
-					continue // an entry without a resource has nothing to export
-				}
-				visited++
-				if err := visit(export.Entry{Resource: entry.Resource, Mode: string(entry.Search.Mode)}); err != nil {
-					return visited, err
-				}
-			}
-			if err := expectDelim(dec, ']'); err != nil {
-				return visited, err
-			}
+			n, err := s.entries(visit)
+			visited += n
+			return err
 		case "link":
+			v, err := s.value(s.scratch[:0], 1)
+			if err != nil {
+				return pageError{err}
+			}
 			var links []bundleLink
-			if err := dec.Decode(&links); err != nil {
-				return visited, pageError{err}
+			if err := json.Unmarshal(v, &links); err != nil {
+				return pageError{err}
 			}
 			for _, l := range links {
 				if l.Relation == "next" {
 					if err := onNext(l.URL); err != nil {
-						return visited, err
+						return err
 					}
 				}
 			}
 		default:
-			skip = skip[:0]
-			if err := dec.Decode(&skip); err != nil {
-				return visited, pageError{err}
+			var err error
+			if s.scratch, err = s.value(s.scratch[:0], 1); err != nil {
+				return pageError{err}
 			}
 		}
-	}
-	if err := expectDelim(dec, '}'); err != nil {
+		return nil
+	})
+	if err != nil {
 		return visited, err
 	}
 	if resourceType != "Bundle" {
@@ -237,13 +280,469 @@ func decodePage(r io.Reader, onNext func(string) error, visit func(export.Entry)
 	return visited, nil
 }
 
-func expectDelim(dec *json.Decoder, want json.Delim) error {
-	tok, err := dec.Token()
+// entries reads Bundle.entry: null or an array of entries.
+func (s *bundleScanner) entries(visit func(export.Entry) error) (visited int, err error) {
+	c, err := s.peek()
+	if err != nil {
+		return 0, pageError{err}
+	}
+	if c == 'n' {
+		if _, err := s.literal(s.scratch[:0], "null"); err != nil {
+			return 0, pageError{err}
+		}
+		return 0, nil
+	}
+	if c != '[' {
+		return 0, fault.New(fault.Permanent, "the source FHIR server sent a Bundle whose entry is not an array")
+	}
+	s.pos++
+	err = s.elements(func() error {
+		c, err := s.peek()
+		switch {
+		case err != nil:
+			return pageError{err}
+		case c == 'n':
+			if _, err := s.literal(s.scratch[:0], "null"); err != nil {
+				return pageError{err}
+			}
+			return nil
+		case c != '{':
+			return pageError{s.syntax("a Bundle entry is not a JSON object")}
+		}
+		s.pos++
+		s.resource = s.resource[:0]
+		var mode searchMode
+		err = s.members(func(key []byte) error {
+			var err error
+			switch string(key) {
+			case "resource":
+				s.resource, err = s.value(s.resource[:0], 2)
+			case "search":
+				if s.scratch, err = s.value(s.scratch[:0], 2); err != nil {
+					break
+				}
+				mode, err = readMode(s.scratch)
+			default:
+				s.scratch, err = s.value(s.scratch[:0], 2)
+			}
+			if err != nil {
+				return pageError{err}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if len(s.resource) == 0 || string(s.resource) == "null" {
+			return nil // an entry without a resource has nothing to export
+		}
+		visited++
+		return visit(export.Entry{Resource: s.resource, Mode: string(mode), Compact: true})
+	})
+	return visited, err
+}
+
+// readMode reads Bundle.entry.search (compact JSON) for its mode.
+func readMode(search []byte) (searchMode, error) {
+	if string(search) == `{"mode":"match"}` {
+		return "match", nil
+	}
+	var v struct {
+		Mode searchMode `json:"mode"`
+	}
+	err := json.Unmarshal(search, &v)
+	return v.Mode, err
+}
+
+// members reads the members of an object whose '{' has been consumed,
+// calling member with each key (unescaped; valid until the next key) to read
+// the value, and consumes the closing '}'.
+func (s *bundleScanner) members(member func(key []byte) error) error {
+	c, err := s.peek()
 	if err != nil {
 		return pageError{err}
 	}
-	if d, ok := tok.(json.Delim); !ok || d != want {
-		return fault.New(fault.Permanent, "the source FHIR server sent a page that is not a JSON Bundle (expected %q, got %v)", want, tok)
+	if c == '}' {
+		s.pos++
+		return nil
 	}
-	return nil
+	for {
+		if c != '"' {
+			return pageError{s.syntax("an object key is not a string")}
+		}
+		if s.key, err = s.str(s.key[:0]); err != nil {
+			return pageError{err}
+		}
+		key := s.key[1 : len(s.key)-1]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			var k string
+			if err := json.Unmarshal(s.key, &k); err != nil {
+				return pageError{err}
+			}
+			key = []byte(k)
+		}
+		if c, err = s.peek(); err != nil {
+			return pageError{err}
+		}
+		if c != ':' {
+			return pageError{s.syntax("an object key is not followed by ':'")}
+		}
+		s.pos++
+		if err := member(key); err != nil {
+			return err
+		}
+		if c, err = s.peek(); err != nil {
+			return pageError{err}
+		}
+		s.pos++
+		switch c {
+		case '}':
+			return nil
+		case ',':
+			if c, err = s.peek(); err != nil {
+				return pageError{err}
+			}
+		default:
+			s.pos--
+			return pageError{s.syntax("an object member is not followed by ',' or '}'")}
+		}
+	}
+}
+
+// elements reads the elements of an array whose '[' has been consumed,
+// calling element to read each, and consumes the closing ']'.
+func (s *bundleScanner) elements(element func() error) error {
+	c, err := s.peek()
+	if err != nil {
+		return pageError{err}
+	}
+	if c == ']' {
+		s.pos++
+		return nil
+	}
+	for {
+		if err := element(); err != nil {
+			return err
+		}
+		if c, err = s.peek(); err != nil {
+			return pageError{err}
+		}
+		s.pos++
+		switch c {
+		case ']':
+			return nil
+		case ',':
+		default:
+			s.pos--
+			return pageError{s.syntax("an array element is not followed by ',' or ']'")}
+		}
+	}
+}
+
+// fill reads the next part of the body into buf once buf is used up; false
+// when the body has ended (s.err says how).
+func (s *bundleScanner) fill() bool {
+	if s.err != nil {
+		return false
+	}
+	s.off += int64(s.end)
+	s.pos, s.end = 0, 0
+	for range 100 {
+		n, err := s.r.Read(s.buf)
+		s.end = n
+		if err != nil {
+			s.err = err
+		}
+		if n > 0 {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
+	s.err = io.ErrNoProgress
+	return false
+}
+
+// ended is the error for a body that ended inside the document.
+func (s *bundleScanner) ended() error {
+	if s.err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return s.err
+}
+
+func (s *bundleScanner) syntax(msg string) error {
+	return &syntaxError{msg: msg, offset: s.off + int64(s.pos)}
+}
+
+// peek skips whitespace and returns the next byte without consuming it.
+func (s *bundleScanner) peek() (byte, error) {
+	for {
+		for ; s.pos < s.end; s.pos++ {
+			if c := s.buf[s.pos]; c != ' ' && c != '\n' && c != '\r' && c != '\t' {
+				return c, nil
+			}
+		}
+		if !s.fill() {
+			return 0, s.ended()
+		}
+	}
+}
+
+// next consumes and returns the next byte, whitespace included.
+func (s *bundleScanner) next() (byte, error) {
+	if s.pos == s.end && !s.fill() {
+		return 0, s.ended()
+	}
+	c := s.buf[s.pos]
+	s.pos++
+	return c, nil
+}
+
+// value reads one JSON value and appends it, compacted, to dst.
+func (s *bundleScanner) value(dst []byte, depth int) ([]byte, error) {
+	if depth > maxDepth {
+		return dst, s.syntax("JSON nested too deeply")
+	}
+	c, err := s.peek()
+	if err != nil {
+		return dst, err
+	}
+	switch {
+	case c == '{':
+		s.pos++
+		dst = append(dst, '{')
+		c, err := s.peek()
+		if err != nil {
+			return dst, err
+		}
+		if c == '}' {
+			s.pos++
+			return append(dst, '}'), nil
+		}
+		for {
+			if c != '"' {
+				return dst, s.syntax("an object key is not a string")
+			}
+			if dst, err = s.str(dst); err != nil {
+				return dst, err
+			}
+			if c, err = s.peek(); err != nil {
+				return dst, err
+			}
+			if c != ':' {
+				return dst, s.syntax("an object key is not followed by ':'")
+			}
+			s.pos++
+			dst = append(dst, ':')
+			if dst, err = s.value(dst, depth+1); err != nil {
+				return dst, err
+			}
+			if c, err = s.peek(); err != nil {
+				return dst, err
+			}
+			switch c {
+			case '}':
+				s.pos++
+				return append(dst, '}'), nil
+			case ',':
+				s.pos++
+				dst = append(dst, ',')
+				if c, err = s.peek(); err != nil {
+					return dst, err
+				}
+			default:
+				return dst, s.syntax("an object member is not followed by ',' or '}'")
+			}
+		}
+	case c == '[':
+		s.pos++
+		dst = append(dst, '[')
+		c, err := s.peek()
+		if err != nil {
+			return dst, err
+		}
+		if c == ']' {
+			s.pos++
+			return append(dst, ']'), nil
+		}
+		for {
+			if dst, err = s.value(dst, depth+1); err != nil {
+				return dst, err
+			}
+			if c, err = s.peek(); err != nil {
+				return dst, err
+			}
+			switch c {
+			case ']':
+				s.pos++
+				return append(dst, ']'), nil
+			case ',':
+				s.pos++
+				dst = append(dst, ',')
+			default:
+				return dst, s.syntax("an array element is not followed by ',' or ']'")
+			}
+		}
+	case c == '"':
+		return s.str(dst)
+	case c == '-' || '0' <= c && c <= '9':
+		return s.number(dst)
+	case c == 't':
+		return s.literal(dst, "true")
+	case c == 'f':
+		return s.literal(dst, "false")
+	case c == 'n':
+		return s.literal(dst, "null")
+	default:
+		return dst, s.syntax(fmt.Sprintf("invalid character %q looking for the beginning of a value", c))
+	}
+}
+
+// plain marks the bytes a string copies without a second look: everything
+// but the quote, the backslash and the control characters JSON forbids.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// str reads a string (the next byte is its opening quote) and appends it,
+// quotes and escapes as they are, to dst.
+func (s *bundleScanner) str(dst []byte) ([]byte, error) {
+	s.pos++
+	dst = append(dst, '"')
+	for {
+		i := s.pos
+		for i < s.end && plain[s.buf[i]] {
+			i++
+		}
+		dst = append(dst, s.buf[s.pos:i]...)
+		s.pos = i
+		if i == s.end {
+			if !s.fill() {
+				return dst, s.ended()
+			}
+			continue
+		}
+		switch c := s.buf[i]; c {
+		case '"':
+			s.pos++
+			return append(dst, '"'), nil
+		case '\\':
+			s.pos++
+			e, err := s.next()
+			if err != nil {
+				return dst, err
+			}
+			dst = append(dst, '\\', e)
+			switch e {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				for range 4 {
+					h, err := s.next()
+					if err != nil {
+						return dst, err
+					}
+					if !('0' <= h && h <= '9' || 'a' <= h && h <= 'f' || 'A' <= h && h <= 'F') {
+						return dst, s.syntax("invalid character in a \\u escape")
+					}
+					dst = append(dst, h)
+				}
+			default:
+				return dst, s.syntax(fmt.Sprintf("invalid escape %q in a string", e))
+			}
+		default:
+			return dst, s.syntax("a control character in a string")
+		}
+	}
+}
+
+// number reads a number (the next byte is '-' or a digit) and appends it to dst.
+func (s *bundleScanner) number(dst []byte) ([]byte, error) {
+	c, err := s.next()
+	if err != nil {
+		return dst, err
+	}
+	dst = append(dst, c)
+	if c == '-' {
+		if c, err = s.next(); err != nil {
+			return dst, err
+		}
+		if c < '0' || c > '9' {
+			return dst, s.syntax("a '-' not followed by a digit")
+		}
+		dst = append(dst, c)
+	}
+	if c != '0' {
+		dst = s.digits(dst)
+	}
+	if c, ok := s.current(); ok && c == '.' {
+		s.pos++
+		dst = append(dst, c)
+		if dst, err = s.someDigits(dst); err != nil {
+			return dst, err
+		}
+	}
+	if c, ok := s.current(); ok && (c == 'e' || c == 'E') {
+		s.pos++
+		dst = append(dst, c)
+		if c, ok := s.current(); ok && (c == '+' || c == '-') {
+			s.pos++
+			dst = append(dst, c)
+		}
+		if dst, err = s.someDigits(dst); err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
+}
+
+// current returns the next byte without consuming it or skipping whitespace.
+func (s *bundleScanner) current() (byte, bool) {
+	if s.pos == s.end && !s.fill() {
+		return 0, false
+	}
+	return s.buf[s.pos], true
+}
+
+// digits appends the digits that follow, if any.
+func (s *bundleScanner) digits(dst []byte) []byte {
+	for {
+		c, ok := s.current()
+		if !ok || c < '0' || c > '9' {
+			return dst
+		}
+		s.pos++
+		dst = append(dst, c)
+	}
+}
+
+// someDigits appends the digits that follow: at least one.
+func (s *bundleScanner) someDigits(dst []byte) ([]byte, error) {
+	n := len(dst)
+	dst = s.digits(dst)
+	if len(dst) > n {
+		return dst, nil
+	}
+	if _, ok := s.current(); !ok {
+		return dst, s.ended()
+	}
+	return dst, s.syntax("a number without digits after '.' or the exponent")
+}
+
+// literal reads true, false or null.
+func (s *bundleScanner) literal(dst []byte, word string) ([]byte, error) {
+	for i := range len(word) {
+		c, err := s.next()
+		if err != nil {
+			return dst, err
+		}
+		if c != word[i] {
+			return dst, s.syntax(fmt.Sprintf("invalid character %q in the literal %s", c, word))
+		}
+	}
+	return append(dst, word...), nil
 }

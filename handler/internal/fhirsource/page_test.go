@@ -3,6 +3,7 @@ package fhirsource
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -411,4 +412,74 @@ func TestPageHonoursCancellationMidBody(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("Page took %v to notice the cancellation", d)
 	}
+}
+
+// TestPageCompactsLikeEncodingJSON holds the one-pass scanner to
+// encoding/json: every resource reaches visit exactly as json.Compact would
+// write it (the engine writes those bytes without compacting them again), and
+// every resource encoding/json rejects makes the page fail as unreadable.
+func TestPageCompactsLikeEncodingJSON(t *testing.T) {
+	t.Parallel()
+	for _, resource := range []string{
+		obs1, obs2,
+		"{ \"resourceType\" : \"Observation\",\n\t\"id\": \"o3\",\r\n \"valueQuantity\": { \"value\": -1.25e+3, \"unit\": \"cm\" } }",
+		`{"resourceType":"Observation","id":"o4","note":[{"text":"tab\there \u00e9 \\ \/ \" \b\f\n\r"}],"x":[ ],"y":{ },"z":[true,false,null,0,-0,0.5,1E9,12e-2]}`,
+		`{"resourceType":"Observation","id":"o5","valueString":"` + strings.Repeat("é<>&\u2028", 30000) + `"}`, // spans read buffers
+		`{"resourceType":"Observation","id":"o6","deep":` + strings.Repeat("[", 200) + strings.Repeat("]", 200) + `}`,
+	} {
+		var want bytes.Buffer
+		if err := json.Compact(&want, []byte(resource)); err != nil {
+			t.Fatalf("test resource is not JSON: %v", err)
+		}
+		var got []byte
+		compact := false
+		_, err := decodePage(strings.NewReader(`{"resourceType":"Bundle","entry":[{"resource":`+resource+`}]}`), func(string) error { return nil },
+			func(e export.Entry) error { got, compact = bytes.Clone(e.Resource), e.Compact; return nil })
+		if err != nil || !bytes.Equal(got, want.Bytes()) || !compact {
+			t.Errorf("resource %.60q: got %.80q (compact %v), %v; want %.80q", resource, got, compact, err, want.Bytes())
+		}
+	}
+	for _, resource := range []string{
+		`{"a":tru}`, `{"a":01}`, `{"a":1.}`, `{"a":-}`, `{"a":1e}`, `{"a":"\x"}`, `{"a":"\u12g4"}`, "{\"a\":\"\x01\"}",
+		`{"a" 1}`, `{"a":1,}`, `{a:1}`, `[1 2]`, `{"a":[1,]}`, `{"a":+1}`, `{"a":.5}`, `{"a":nul}`,
+	} {
+		if json.Valid([]byte(resource)) {
+			t.Fatalf("%q is valid JSON", resource)
+		}
+		c, srv, _ := setup(t, serveBody(`{"resourceType":"Bundle","entry":[{"resource":`+resource+`}]}`))
+		_, err := c.Page(context.Background(), srv.URL+"/fhir/Observation", func(export.Entry) error { return nil })
+		if !fault.Is(err, fault.Permanent) || !strings.Contains(fmt.Sprint(err), "cannot be read") {
+			t.Errorf("resource %q: err = %v, want a permanent fault for JSON that cannot be read", resource, err)
+		}
+	}
+}
+
+// FuzzDecodePage checks the scanner against encoding/json on any resource
+// text: accepted exactly when json.Valid accepts it, and then compacted to
+// the same bytes.
+func FuzzDecodePage(f *testing.F) {
+	for _, seed := range []string{obs1, obs2, `{"a": [1, 2.5e3, "x\u0041"]}`, `{"a":tru}`, `[]`, `"s"`, `-0.0E+1`} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, resource string) {
+		var got []byte
+		_, err := decodePage(strings.NewReader(`{"resourceType":"Bundle","entry":[{"resource":`+resource+`}]}`), func(string) error { return nil },
+			func(e export.Entry) error { got = bytes.Clone(e.Resource); return nil })
+		var want bytes.Buffer
+		if json.Compact(&want, []byte(resource)) != nil {
+			// The text may still close the entry and go on as a valid
+			// Bundle; only a page encoding/json cannot decode must fail.
+			var v any
+			if err == nil && json.NewDecoder(strings.NewReader(`{"resourceType":"Bundle","entry":[{"resource":`+resource+`}]}`)).Decode(&v) != nil {
+				t.Fatalf("%q: accepted JSON that encoding/json rejects", resource)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("%q: %v", resource, err)
+		}
+		if want.String() != "null" && !bytes.Equal(got, want.Bytes()) {
+			t.Fatalf("%q: compacted to %q, want %q", resource, got, want.Bytes())
+		}
+	})
 }

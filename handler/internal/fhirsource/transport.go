@@ -33,8 +33,9 @@ type handler func(resp *http.Response) (retry bool, err error)
 // when ctx is done. missing is the kind of a 404 or 410 answer.
 func (c *Client) get(ctx context.Context, u *url.URL, missing fault.Kind, handle handler) error {
 	op := "GET " + u.EscapedPath()
+	waited := false // the last wait was the source's Retry-After
 	for attempt := 1; ; attempt++ {
-		status, retry, err := c.attempt(ctx, u, op, missing, handle)
+		status, retry, err := c.attempt(ctx, u, op, missing, waited, handle)
 		if err == nil {
 			return nil
 		}
@@ -42,12 +43,14 @@ func (c *Client) get(ctx context.Context, u *url.URL, missing fault.Kind, handle
 			return err
 		}
 		wait := c.backoff(attempt)
-		if ra := fault.RetryAfter(err); ra > 0 {
+		ra := fault.RetryAfter(err)
+		if ra > 0 {
 			if ra > maxRetryAfter {
 				return err // the caller retries later, as the source asked
 			}
 			wait = ra
 		}
+		waited = ra > 0
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
 			return err // the wait would outlast the call
 		}
@@ -63,11 +66,14 @@ func (c *Client) get(ctx context.Context, u *url.URL, missing fault.Kind, handle
 }
 
 // attempt sends one request. status is the answer's HTTP status, 0 if none came.
-func (c *Client) attempt(ctx context.Context, u *url.URL, op string, missing fault.Kind, handle handler) (status int, retry bool, err error) {
+func (c *Client) attempt(ctx context.Context, u *url.URL, op string, missing fault.Kind, waited bool, handle handler) (status int, retry bool, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return 0, false, fault.Wrap(fault.Permanent, err, "%s: cannot build the request", op)
 	}
+	// No Accept-Encoding here: net/http then asks for gzip itself and
+	// decodes the body as it streams; setting the header would turn that off
+	// and hand us the compressed bytes.
 	req.Header.Set("Accept", "application/fhir+json")
 	req.Header.Set("User-Agent", c.userAgent)
 	if c.token != nil {
@@ -83,10 +89,29 @@ func (c *Client) attempt(ctx context.Context, u *url.URL, op string, missing fau
 		}
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
+	// One slot of the Client's concurrency limit, held until the body is
+	// read; the answer adapts the limit for every caller.
+	epoch, err := c.limit.acquire(ctx, waited)
+	if err != nil {
+		return 0, false, fmt.Errorf("%s: waiting for a free source connection: %w", op, err)
+	}
+	load, wait := neutral, time.Duration(0)
+	defer func() {
+		if limit, lowered := c.limit.release(epoch, load, wait); lowered {
+			zerolog.Ctx(ctx).Info().Str("op", op).Int("sourceConcurrency", limit).Dur("pause", wait).
+				Msg("the source FHIR server is throttling; this instance now sends fewer requests at once")
+		}
+	}()
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		err = transportError(ctx, op, err)
 		return 0, fault.Is(err, fault.Transient), err
+	}
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable:
+		load, wait = throttled, retryAfter(resp.Header, time.Now())
+	case resp.StatusCode >= 200 && resp.StatusCode <= 299:
+		load = succeeded
 	}
 	defer func() {
 		// Drain a little so that the connection can be reused.
@@ -95,6 +120,13 @@ func (c *Client) attempt(ctx context.Context, u *url.URL, op string, missing fau
 	}()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		err := statusError(resp, op, missing)
+		// One line per error answer, retried or not, under its own field
+		// name: the operators' workbook counts the source's 429s and 5xx
+		// from it, and an alert watches for 401/403 (the identity lost its
+		// FHIR role), which are never retried. Info, not warn: the retry
+		// line above and the work item's failure line say what went wrong.
+		zerolog.Ctx(ctx).Info().Str("op", op).Int("sourceStatus", resp.StatusCode).
+			Msg("the source FHIR server answered with an error status")
 		return resp.StatusCode, fault.Is(err, fault.Transient), err
 	}
 	retry, err = handle(resp)

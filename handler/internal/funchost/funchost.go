@@ -113,7 +113,8 @@ func (h *Handler) invoke(w http.ResponseWriter, r *http.Request) {
 	})
 	status, level, what := outcomeReply(out, final)
 	log.WithLevel(level).Err(out.Cause).Str("job", msg.Job).Str("workItem", msg.Item).Int("attempt", dequeueCount).
-		Str("outcome", what).Msg("worker invocation finished")
+		Str("outcome", what).Bool("poisoned", status >= http.StatusInternalServerError && final).
+		Msg("worker invocation finished") // poisoned: the host moves a message that fails its last delivery
 	// The host keeps these lines in its own logs: ids and the outcome only,
 	// never an error's text, which can carry source URLs and diagnostics.
 	reply(w, status, []string{fmt.Sprintf("%s: work item %s/%s %s (attempt %d)", level, msg.Job, msg.Item, what, dequeueCount)})

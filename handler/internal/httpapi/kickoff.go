@@ -177,6 +177,8 @@ const (
 	paramContainer    = "_container"
 	paramElements     = "_elements"
 	paramPatient      = "patient"
+
+	paramAllowPartialManifests = "allowPartialManifests"
 )
 
 // maxPatients caps the patient parameter: the ids are kept in the job's
@@ -195,8 +197,7 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 	// and says so in the job's warnings. Never does a filter pass silently.
 	byName := map[string][]param{}
 	for _, p := range params {
-		switch p.name {
-		case paramOutputFormat, paramSince, paramUntil, paramType, paramTypeFilter, paramContainer, paramElements, paramPatient:
+		if knownParam(p.name) { // kickOffParams
 			if p.err != nil {
 				return req, p.err
 			}
@@ -300,6 +301,17 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 	}
 	req.Patients = patients
 
+	// allowPartialManifests (IG v3) is a FHIR boolean: "true" or "false" in
+	// a query, valueBoolean in a body.
+	if v, ok, err := single(byName[paramAllowPartialManifests]); err != nil {
+		return req, err
+	} else if ok {
+		if v != "true" && v != "false" {
+			return req, invalid("value", "allowPartialManifests %q is not a FHIR boolean: use true or false", clip(v))
+		}
+		req.AllowPartialManifests = v == "true"
+	}
+
 	if v, ok, err := single(byName[paramContainer]); err != nil {
 		return req, err
 	} else if ok {
@@ -400,8 +412,9 @@ func checkType(param, t string, level export.Level) error {
 }
 
 var (
-	fhirIDPattern   = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
-	fileNamePattern = regexp.MustCompile(`^[A-Za-z]+(?:-errors)?-[0-9]+\.ndjson$`) // <Type>-<n> and <Type>-errors-<n>
+	fhirIDPattern = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
+	// <Type>-<n> and <Type>-errors-<n>, with -w<NNNN> (a window) or -deleted (_since; export/deleted.go) after the type.
+	fileNamePattern = regexp.MustCompile(`^[A-Za-z]+(?:-w[0-9]{4}|-deleted)?(?:-errors)?-[0-9]+\.ndjson$`)
 )
 
 // validFHIRID accepts a FHIR id, except one made only of dots: "." and ".."

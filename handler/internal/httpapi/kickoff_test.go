@@ -83,7 +83,10 @@ func TestKickOffRejectsBadInput(t *testing.T) {
 		{name: "until before since", target: "/$export?_since=2021-01-01T00:00:00Z&_until=2020-12-31T23:59:59Z", want: 400, wantDiag: "before _since"},
 		{name: "until twice, different", target: "/$export?_until=2020-01-01T00:00:00Z&_until=2021-01-01T00:00:00Z", want: 400, wantDiag: "_until"},
 		{name: "organizeOutputBy", target: "/$export?organizeOutputBy=Patient", want: 400, wantDiag: "organizeOutputBy"},
-		{name: "allowPartialManifests", target: "/$export?allowPartialManifests=true", want: 400, wantDiag: "allowPartialManifests"},
+		{name: "allowPartialManifests not a boolean", target: "/$export?allowPartialManifests=yes", want: 400, wantDiag: "allowPartialManifests"},
+		{name: "allowPartialManifests twice, different", target: "/$export?allowPartialManifests=true&allowPartialManifests=false", want: 400, wantDiag: "allowPartialManifests"},
+		{name: "POST allowPartialManifests as a string in a boolean", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON),
+			body: `{"resourceType":"Parameters","parameter":[{"name":"allowPartialManifests","valueBoolean":"true"}]}`, want: 400, wantDiag: "allowPartialManifests"},
 		{name: "unknown parameter", target: "/$export?foo=bar", want: 400, wantDiag: "foo"},
 		{name: "unsupported parameter with handling=strict", target: "/$export?foo=bar", header: hdr("Prefer", "respond-async, handling=strict"), want: 400, wantDiag: "foo"},
 		{name: "first handling preference wins", target: "/$export?foo=bar", header: hdr("Prefer", "handling=strict", "Prefer", "handling=lenient"), want: 400, wantDiag: "foo"},
@@ -297,6 +300,22 @@ func TestKickOffRequest(t *testing.T) {
 				r.Types = []string{"Observation", "Condition"}
 				r.TypeFilters = []export.TypeFilter{{Type: "Observation", Query: "code=a%2Cb"}, {Type: "Condition", Query: "category=x"}}
 				r.RequestURL = "http://example.com/$export?_type=Observation,Condition&_typeFilter=Observation%3Fcode%3Da%2Cb,Condition%3Fcategory%3Dx,Observation%3Fcode%3Da%2Cb"
+			})},
+		{name: "allowPartialManifests in the query", target: "/$export?allowPartialManifests=true",
+			want: with(func(r *export.Request) {
+				r.AllowPartialManifests = true
+				r.RequestURL = "http://example.com/$export?allowPartialManifests=true"
+			})},
+		{name: "allowPartialManifests=false", target: "/Patient/$export?allowPartialManifests=false",
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelPatient
+				r.RequestURL = "http://example.com/Patient/$export?allowPartialManifests=false"
+			})},
+		{name: "POST allowPartialManifests as valueBoolean, as the SMART client sends it", method: "POST", target: "/$export",
+			header: hdr("Content-Type", "application/json"), body: params(`{"name":"allowPartialManifests","valueBoolean":true}`),
+			want: with(func(r *export.Request) {
+				r.AllowPartialManifests = true
+				r.RequestURL = "http://example.com/$export"
 			})},
 		{name: "_typeFilter double-encoded", target: "/$export?_typeFilter=Observation%253Fstatus%253Dfinal",
 			want: with(func(r *export.Request) {

@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/azfhir/bulkexport/handler/internal/auth"
+	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fault"
 )
 
@@ -64,6 +65,9 @@ type (
 	operation struct {
 		Name       string `json:"name"`
 		Definition string `json:"definition"`
+		// Documentation names the kick-off parameters the operation takes
+		// (paramsDoc), since the IG's OperationDefinitions list more.
+		Documentation string `json:"documentation,omitempty"`
 	}
 )
 
@@ -88,10 +92,10 @@ func (s *server) metadata(w http.ResponseWriter, r *http.Request) error {
 			Mode:     "server",
 			Security: s.security(),
 			Resource: []resource{
-				{Type: "Patient", Operation: []operation{{Name: "export", Definition: opPatientExport}}},
-				{Type: "Group", Operation: []operation{{Name: "export", Definition: opGroupExport}}},
+				{Type: "Patient", Operation: []operation{{Name: "export", Definition: opPatientExport, Documentation: paramsDoc(export.LevelPatient)}}},
+				{Type: "Group", Operation: []operation{{Name: "export", Definition: opGroupExport, Documentation: paramsDoc(export.LevelGroup)}}},
 			},
-			Operation: []operation{{Name: "export", Definition: opExport}},
+			Operation: []operation{{Name: "export", Definition: opExport, Documentation: paramsDoc(export.LevelSystem)}},
 		}},
 	}
 	return writeDocument(w, r, "application/fhir+json; charset=utf-8", cs, "the CapabilityStatement")

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -45,7 +46,8 @@ func queryParams(raw string) ([]param, error) {
 }
 
 // stringValueKeys are the value[x] elements of a Parameters.parameter whose
-// JSON is a string; every kick-off parameter we implement is one of these.
+// JSON is a string; every kick-off parameter we implement takes one of
+// these, but patient (valueReference) and allowPartialManifests (valueBoolean).
 var stringValueKeys = map[string]bool{
 	"valueString": true, "valueCode": true, "valueUri": true, "valueUrl": true,
 	"valueCanonical": true, "valueId": true, "valueInstant": true, "valueDateTime": true,
@@ -111,6 +113,13 @@ func bodyParams(w http.ResponseWriter, r *http.Request) ([]param, error) {
 				last.err = invalid("structure", "parameter patient (Parameters.parameter[%d]): valueReference must be an object with a reference such as \"Patient/123\"", i)
 			} else {
 				last.value, last.ref = *ref.Reference, true
+			}
+		case name == paramAllowPartialManifests && keys[0] == "valueBoolean":
+			var b bool
+			if err := json.Unmarshal(p[keys[0]], &b); err != nil {
+				last.err = invalid("structure", "parameter %s (Parameters.parameter[%d]): valueBoolean must be true or false", name, i)
+			} else {
+				last.value = strconv.FormatBool(b)
 			}
 		case !stringValueKeys[keys[0]]:
 			last.err = invalid("structure", "parameter %s (Parameters.parameter[%d]) must have a string value such as valueString, not %s", name, i, keys[0])

@@ -110,6 +110,9 @@ type Options struct {
 	// TokenEndpoint is published in /.well-known/smart-configuration
 	// (AUTH_TOKEN_ENDPOINT); empty: none is published.
 	TokenEndpoint string
+	// ManifestPageFiles is the most files one manifest page lists for a job
+	// that allowed partial manifests. Zero means DefaultManifestPageFiles.
+	ManifestPageFiles int
 }
 
 // Validate reports configuration errors: a BaseURL that is not an absolute
@@ -191,6 +194,7 @@ type server struct {
 	version    string
 	auth       Authenticator // nil: every authenticated route is refused
 	tokenURL   string        // Options.TokenEndpoint
+	pageFiles  int           // Options.ManifestPageFiles
 	started    time.Time     // the CapabilityStatement's date
 	now        func() time.Time
 }
@@ -209,6 +213,7 @@ func New(engine Engine, opts Options) http.Handler {
 		version:    opts.SoftwareVersion,
 		auth:       opts.Auth,
 		tokenURL:   opts.TokenEndpoint,
+		pageFiles:  cmp.Or(max(opts.ManifestPageFiles, 0), DefaultManifestPageFiles),
 		now:        time.Now,
 	}
 	s.started = s.now()

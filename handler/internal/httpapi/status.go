@@ -19,9 +19,10 @@ import (
 	"github.com/azfhir/bulkexport/handler/internal/fhir"
 )
 
-// manifest is the complete-status body (IG v2 §1.7). Field order is the
-// wire order; error is always present, [] when empty, because clients crash
-// or fail without it.
+// manifest is the complete-status body (IG v2 §1.7), and a page of it for a
+// job that allowed partial manifests (IG v3, see pages.go). Field order is
+// the wire order; error is always present, [] when empty, because clients
+// crash or fail without it.
 type manifest struct {
 	TransactionTime     string         `json:"transactionTime"`
 	Request             string         `json:"request"`
@@ -29,6 +30,12 @@ type manifest struct {
 	Output              []manifestFile `json:"output"`
 	Deleted             []manifestFile `json:"deleted"`
 	Error               []manifestFile `json:"error"`
+	Link                []manifestLink `json:"link,omitempty"` // "next": the following page
+}
+
+type manifestLink struct {
+	Relation string `json:"relation"`
+	URL      string `json:"url"`
 }
 
 type manifestFile struct {
@@ -52,12 +59,12 @@ func (s *server) status(w http.ResponseWriter, r *http.Request, jobID string) er
 			zerolog.Ctx(r.Context()).Warn().Err(err).Msg("the stalled-item watchdog failed")
 		}
 	}
+	if st.Phase != export.Failed && st.Job != nil && st.Job.Request.AllowPartialManifests {
+		return s.manifestPage(w, r, jobID, st)
+	}
 	switch st.Phase {
 	case export.InProgress:
-		h := w.Header()
-		h.Set("Retry-After", retrySeconds(s.retryAfter))
-		h.Set("X-Progress", progressHeader(st))
-		h.Set("Cache-Control", "no-store")
+		s.inProgressHeaders(w, st)
 		w.WriteHeader(http.StatusAccepted)
 		return nil
 	case export.Completed:
@@ -69,6 +76,14 @@ func (s *server) status(w http.ResponseWriter, r *http.Request, jobID string) er
 		return failedJob(st.Failure)
 	}
 	return fault.New(fault.Internal, "job %s has an unknown phase %d", jobID, st.Phase)
+}
+
+// inProgressHeaders are the headers of every answer about a running job.
+func (s *server) inProgressHeaders(w http.ResponseWriter, st *export.Status) {
+	h := w.Header()
+	h.Set("Retry-After", retrySeconds(s.retryAfter))
+	h.Set("X-Progress", progressHeader(st))
+	h.Set("Cache-Control", "no-store")
 }
 
 // progressHeader is the X-Progress of a job in progress. It starts with an
@@ -117,9 +132,9 @@ func failedJob(cause error) error {
 	return &jobFailed{cause: cause}
 }
 
-func (s *server) writeManifest(w http.ResponseWriter, r *http.Request, jobID string, st *export.Status) error {
-	filesURL := s.baseURL(r) + "/jobs/" + url.PathEscape(jobID) + "/files/"
-	m := manifest{
+// newManifest is a manifest without files: the fields every page repeats.
+func (s *server) newManifest(st *export.Status) manifest {
+	return manifest{
 		TransactionTime: fhir.FormatInstant(st.Job.TransactionTime),
 		Request:         st.Job.Request.RequestURL,
 		// The files stream through this API, which wants the owner's token
@@ -127,24 +142,41 @@ func (s *server) writeManifest(w http.ResponseWriter, r *http.Request, jobID str
 		// With SAS downloads the URLs themselves are the (short-lived,
 		// read-only, one-blob) credential, and storage wants no token.
 		RequiresAccessToken: s.sasTTL == 0 && s.auth != nil && s.auth.Mode() != auth.ModeNone,
-		Output:              make([]manifestFile, 0, len(st.Output)),
+		Output:              []manifestFile{},
 		Deleted:             []manifestFile{},
-		Error:               make([]manifestFile, 0, len(st.Errors)),
+		Error:               []manifestFile{},
 	}
-	// fileURL is the proxy route, or a SAS URL minted now: every manifest
-	// request gets links that live SASTTL from then.
-	fileURL := func(name string) (string, error) {
+}
+
+// fileURLs returns the URL of a file of st's job: the proxy route, or a SAS
+// URL minted now, so every manifest request gets links that live SASTTL
+// from then.
+func (s *server) fileURLs(r *http.Request, jobID string, st *export.Status) func(name string) (string, error) {
+	filesURL := s.baseURL(r) + "/jobs/" + url.PathEscape(jobID) + "/files/"
+	return func(name string) (string, error) {
 		if s.sasTTL == 0 {
 			return filesURL + url.PathEscape(name), nil
 		}
 		return s.engine.FileURL(r.Context(), st.Job, name, s.sasTTL)
 	}
+}
+
+func (s *server) writeManifest(w http.ResponseWriter, r *http.Request, jobID string, st *export.Status) error {
+	m := s.newManifest(st)
+	fileURL := s.fileURLs(r, jobID, st)
 	for _, f := range st.Output {
 		u, err := fileURL(f.Name)
 		if err != nil {
 			return err
 		}
 		m.Output = append(m.Output, manifestFile{Type: f.Type, URL: u, Count: f.Count})
+	}
+	for _, f := range st.Deleted { // transaction Bundles of DELETEs (_since)
+		u, err := fileURL(f.Name)
+		if err != nil {
+			return err
+		}
+		m.Deleted = append(m.Deleted, manifestFile{Type: "Bundle", URL: u, Count: f.Count})
 	}
 	for _, f := range st.Errors {
 		u, err := fileURL(f.Name)
@@ -153,6 +185,12 @@ func (s *server) writeManifest(w http.ResponseWriter, r *http.Request, jobID str
 		}
 		m.Error = append(m.Error, manifestFile{Type: "OperationOutcome", URL: u, Count: f.Count})
 	}
+	return s.sendManifest(w, st, m, http.StatusOK)
+}
+
+// sendManifest writes m with status code: 200 for a completed job (with
+// its Expires), 202 for a partial manifest of a running one.
+func (s *server) sendManifest(w http.ResponseWriter, st *export.Status, m manifest, code int) error {
 	body, err := json.Marshal(m)
 	if err != nil {
 		return fault.Wrap(fault.Internal, err, "encoding the manifest")
@@ -160,10 +198,10 @@ func (s *server) writeManifest(w http.ResponseWriter, r *http.Request, jobID str
 	h := w.Header()
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	if !st.CompletedAt.IsZero() {
+	if code == http.StatusOK && !st.CompletedAt.IsZero() {
 		h.Set("Expires", st.Expires(s.retention).UTC().Format(http.TimeFormat))
 	}
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(code)
 	_, _ = w.Write(body)
 	return nil
 }

@@ -387,6 +387,13 @@ func (tinySource) Read(_ context.Context, typ, id string) ([]byte, error) {
 }
 func (tinySource) SearchURL(typ, query string) string                   { return "tiny:///" + typ + "?" + query }
 func (tinySource) Count(context.Context, string, string) (int64, error) { return 2, nil }
+func (tinySource) HistoryTypes(context.Context) ([]string, error)       { return nil, nil }
+func (tinySource) HistoryURL(typ, id, query string) string {
+	return "tiny:///" + typ + "/_history?" + query
+}
+func (tinySource) HistoryPage(context.Context, string, func(export.HistoryEntry) error) (string, error) {
+	return "", export.ErrNoHistory
+}
 func (s tinySource) Page(_ context.Context, _ string, visit func(export.Entry) error) (string, error) {
 	if s.pageErr != nil {
 		return "", s.pageErr

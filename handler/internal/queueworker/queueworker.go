@@ -174,7 +174,7 @@ func handle(ctx context.Context, stop <-chan struct{}, q Receiver, p Processor, 
 
 	var msg export.Message
 	if err := json.Unmarshal([]byte(d.Text), &msg); err != nil {
-		log.Error().Err(err).Str("text", d.Text).Msg("poisoning a message that is not a work item")
+		log.Error().Err(err).Str("text", d.Text).Bool("poisoned", true).Msg("poisoning a message that is not a work item")
 		if err := q.Poison(ctx, d); err != nil {
 			log.Error().Err(err).Msg("could not poison a message")
 		}
@@ -196,7 +196,10 @@ func handle(ctx context.Context, stop <-chan struct{}, q Receiver, p Processor, 
 			log.Warn().Err(err).Msg("could not delete a finished message; its repeat will be dropped")
 		}
 	case export.Poison:
-		log.Error().Err(out.Cause).Msg("moving a work item message to the poison queue after its last attempt")
+		// "poisoned" is what the operators' alert and workbook look for, in
+		// this mode and in the Functions host's (funchost).
+		log.Error().Err(out.Cause).Str("job", msg.Job).Str("workItem", msg.Item).Bool("poisoned", true).
+			Msg("moving a work item message to the poison queue after its last attempt")
 		if err := q.Poison(sctx, d); err != nil {
 			log.Error().Err(err).Msg("could not poison a message")
 		}

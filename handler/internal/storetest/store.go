@@ -69,6 +69,8 @@ func sampleJob(id string) *export.Job {
 			Owner:        strings.Repeat("ab", 32),
 			Elements:     []string{"id", "Observation.status"},
 			Patients:     maxPatients(),
+			// Partial manifests change what status polls answer.
+			AllowPartialManifests: true,
 		},
 		TransactionTime: t0,
 		CreatedAt:       t0.Add(time.Second),
@@ -109,6 +111,12 @@ func sampleItem(jobID, id string) *export.WorkItem {
 		LeaseUntil:  t1.Add(10 * time.Minute),
 		BlobETag:    `"0x8DCAFE"`,
 		Batches:     4,
+		Kind:        export.ItemDeleted,
+		Window:      &export.Window{N: 3, After: t1.Add(-2 * time.Hour), Until: t1.Add(-time.Hour)},
+		Planned: []export.PlannedItem{
+			{ID: id + ".w0001", Type: id, Expected: 2000, Params: []string{"subject"}, Window: &export.Window{N: 1, After: t1.Add(-4 * time.Hour), Until: t1.Add(-3 * time.Hour)}},
+			{ID: id + ".deleted", Type: id},
+		},
 
 		ErrorFiles:    []export.File{{Name: id + "-errors-1.ndjson", Count: 2, Bytes: 300}},
 		ErrorBlocks:   1,
