@@ -1,12 +1,15 @@
 // FHIR Bulk Data $export service on Azure Functions (Flex Consumption, Linux, Go custom handler).
 //
-//   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.parameters.json -p authClientId=<api app id>
+//   az deployment group create -g <rg> -f infra/main.bicep -p infra/main.parameters.json \
+//     -p authClientId=<api app id> fhirServiceResourceId=<FHIR service resource id>
 //
 // Deploys into one resource group: a host storage account (host storage, package container, job table,
 // work queue + poison queue), an export storage account (export containers + lifecycle rule, the only place
-// PHI rests), Log Analytics + Application Insights (local auth off), a Flex Consumption plan and Function
-// App with a system-assigned identity, App Service Authentication (Entra ID) in front of it, the RBAC the
-// app needs, and, depending on networkMode, a virtual network with storage firewalls or private endpoints.
+// PHI rests), Log Analytics + Application Insights (local auth off), a user-assigned identity with the roles
+// the app needs (granted before the app exists), a Flex Consumption plan and Function App using it, App
+// Service Authentication (Entra ID) in front of it, diagnostic settings (storage and FHIR audit logs), a
+// workbook, alert rules and an availability test, and, depending on networkMode, a virtual network with
+// storage firewalls or private endpoints. `azd up` deploys the same template through infra/azd.bicep.
 // See infra/README.md and docs/security.md.
 
 targetScope = 'resourceGroup'
@@ -25,6 +28,10 @@ param location string = resourceGroup().location
 
 @description('Tags applied to every resource.')
 param tags object = {}
+
+@description('azd environment name (infra/azd.bicep passes AZURE_ENV_NAME). When set, resource names use azd\'s token uniqueString(subscription().id, environmentName, location) and every resource gets the azd-env-name tag; empty (the az CLI path) = names from the resource group id, as before.')
+@maxLength(64)
+param environmentName string = ''
 
 // ---------------------------------------------------------------------------------------------------------
 // Authentication (App Service Authentication + the handler's own token check)
@@ -137,10 +144,35 @@ param privateEndpointSubnetPrefix string = '10.60.1.0/24'
 // Function App
 // ---------------------------------------------------------------------------------------------------------
 
-@description('Flex Consumption maximum instance count (40..1000).')
-@minValue(40)
+// The load on the source FHIR server: at most
+//   maximumInstanceCount x min(sourceConcurrency, 2 x (queueBatchSize + queueNewBatchThreshold))
+// requests in flight at once (a work item has at most two: a page and the one read ahead; EXPORT_SOURCE_CONCURRENCY caps one
+// instance's requests, and lowers itself while the source answers 429/503). With the defaults below:
+// 40 x min(2, 2 x (4 + 2)) = 80. Output maxSourceRequestsInFlight states the figure of a deployment.
+@description('Flex Consumption maximum instance count of the app (all its functions). 40 is the floor Flex Consumption has long documented; lower values need a region/platform that accepts them (not verified here).')
+@minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+
+@description('Queue messages (work items) one instance fetches at once (host.json extensions.queues.batchSize, written as the app setting AzureFunctionsJobHost__extensions__queues__batchSize).')
+@minValue(1)
+@maxValue(32)
+param queueBatchSize int = 4
+
+@description('One instance fetches more messages when this few are still running (host.json newBatchThreshold, overridden the same way).')
+@minValue(0)
+@maxValue(32)
+param queueNewBatchThreshold int = 2
+
+@description('Requests in flight to the source FHIR server from one instance (EXPORT_SOURCE_CONCURRENCY).')
+@minValue(1)
+@maxValue(256)
+param sourceConcurrency int = 2
+
+@description('Always-ready instances for the HTTP functions (Flex "http" group): no cold start on kick-off, status and downloads, at a baseline cost per instance. 0 = none.')
+@minValue(0)
+@maxValue(20)
+param alwaysReadyHttpInstances int = 0
 
 @description('Flex Consumption instance memory in MB.')
 @allowed([
@@ -150,9 +182,8 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
-@description('Base URL of the FHIR server to export from, e.g. https://<workspace>-<fhir>.fhir.azurehealthcareapis.com')
-@minLength(1)
-param fhirServerUrl string
+@description('Base URL of the FHIR server to export from. Empty = derived from fhirServiceResourceId: https://<workspace>-<fhirservice>.fhir.azurehealthcareapis.com (Azure Health Data Services) or https://<name>.azurehealthcareapis.com (Azure API for FHIR), in the public cloud.')
+param fhirServerUrl string = ''
 
 @description('FHIR server authentication: "none", or "azure" = managed-identity token (azidentity) for Azure Health Data Services with scope "<FHIR origin>/.default".')
 @allowed([
@@ -186,15 +217,49 @@ param deployerPrincipalType string = 'User'
 @description('Also give deployerPrincipalId Storage Blob Data Reader on the EXPORT account, i.e. read access to exported PHI. Off by default.')
 param deployerCanReadExports bool = false
 
-@description('Optional resource id of an Azure Health Data Services FHIR service (/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.HealthcareApis/workspaces/<ws>/fhirservices/<fhir>). When set, the app identity gets FHIR Data Reader on it. Empty = skip (see README for the az CLI command).')
+@description('Resource id of the source FHIR service: Azure Health Data Services (/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.HealthcareApis/workspaces/<ws>/fhirservices/<fhir>) or Azure API for FHIR (/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.HealthcareApis/services/<name>). The app identity gets FHIR Data Reader on it, and its AuditLogs go to Log Analytics. Required with fhirAuth=azure (the deployment fails with a message otherwise); empty only with fhirAuth=none.')
 param fhirServiceResourceId string = ''
+
+@description('With fhirAuth=azure, grant FHIR Data Reader on fhirServiceResourceId (needs the right to assign roles there). false = someone else grants it (infra/README.md, "FHIR Data Reader without Bicep"), and the deployment says so in its output.')
+param grantFhirRole bool = true
+
+@description('Send the FHIR service\'s AuditLogs to this deployment\'s Log Analytics workspace. Turn off if the service already has a diagnostic setting sending AuditLogs to this workspace (Azure refuses a second one for the same category and destination).')
+param fhirAuditLogs bool = true
+
+// ---------------------------------------------------------------------------------------------------------
+// Monitoring
+// ---------------------------------------------------------------------------------------------------------
+
+@description('Log Analytics retention in days (handler traces, storage and FHIR audit logs).')
+@minValue(30)
+@maxValue(730)
+param logRetentionDays int = 90
+
+@description('Email address the alert rules notify (action group). Empty = rules fire in the Portal only.')
+param alertEmail string = ''
+
+@description('Stalled-job alert: minutes an active job may go without progress (longer than EXPORT_INVOCATION_BUDGET, 8 min).')
+@minValue(10)
+@maxValue(720)
+param stallAlertMinutes int = 20
+
+@description('Standard availability test on /metadata.')
+param availabilityTest bool = true
+
+@description('Resource logs (StorageRead/Write/Delete) of both storage accounts to Log Analytics: the record of who read exported files, and the source of the "storage refused the identity" alert.')
+param storageDiagnostics bool = true
 
 // ---------------------------------------------------------------------------------------------------------
 // Names and derived values
 // ---------------------------------------------------------------------------------------------------------
 
-var token = toLower(uniqueString(resourceGroup().id))
-var exportToken = toLower(uniqueString(resourceGroup().id, 'exports'))
+// azd's resource token when deployed by azd; the resource group's otherwise, so that redeploying an
+// existing az CLI deployment keeps its names.
+var token = empty(environmentName) ? toLower(uniqueString(resourceGroup().id)) : toLower(uniqueString(subscription().id, environmentName, location))
+var exportToken = empty(environmentName) ? toLower(uniqueString(resourceGroup().id, 'exports')) : toLower(uniqueString(subscription().id, environmentName, location, 'exports'))
+var allTags = empty(environmentName) ? tags : union(tags, {
+  'azd-env-name': environmentName
+})
 var prefix = toLower(namePrefix)
 var prefixAlnum = replace(prefix, '-', '')
 var storageAccountName = take('${prefixAlnum}${token}', 24)
@@ -204,6 +269,7 @@ var planName = '${prefix}-plan-${token}'
 var appInsightsName = '${prefix}-appi-${token}'
 var logAnalyticsName = '${prefix}-log-${token}'
 var vnetName = '${prefix}-vnet-${token}'
+var identityName = '${prefix}-id-${token}'
 var deploymentContainer = 'app-package'
 
 var exportContainers = union([exportContainer], additionalExportContainers)
@@ -257,12 +323,41 @@ var privateAcls = {
 var storageNetworkAcls = networkMode == 'private' ? privateAcls : (networkMode == 'trustedServices' ? trustedServicesAcls : publicAcls)
 var storagePublicNetworkAccess = networkMode == 'private' ? 'Disabled' : 'Enabled'
 
-// Parts of the FHIR service id: ['', 'subscriptions', sub, 'resourceGroups', rg, 'providers',
-// 'Microsoft.HealthcareApis', 'workspaces', ws, 'fhirservices', fhir]. A harmless stand-in keeps the
-// expressions valid when the parameter is empty (the module is then skipped).
-var fhirIdPlaceholder = '${resourceGroup().id}/providers/Microsoft.HealthcareApis/workspaces/none/fhirservices/none'
-var fhirIdForParsing = empty(fhirServiceResourceId) ? fhirIdPlaceholder : fhirServiceResourceId
-var fhirIdParts = split(fhirIdForParsing, '/')
+// The FHIR service id, read by segment NAME rather than by position, so that both shapes work:
+//   /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.HealthcareApis/workspaces/<ws>/fhirservices/<name>
+//   /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.HealthcareApis/services/<name>
+// The segment after "subscriptions" is the subscription, after "resourceGroups" the group (both matched
+// case-insensitively, as Azure writes ids in either case); "providers" must follow the group, and the
+// namespace after it must be Microsoft.HealthcareApis; the type after it ("workspaces" or "services")
+// decides the shape. Anything else fails the deployment with a message, before any resource is created.
+// handler/internal/config/fhirid_test.go mirrors these steps in Go and runs them on both shapes.
+// A harmless stand-in keeps the expressions valid when the parameter is empty.
+var fhirIdPlaceholder = '${resourceGroup().id}/providers/Microsoft.HealthcareApis/services/none'
+var fhirId = empty(fhirServiceResourceId) ? fhirIdPlaceholder : trim(fhirServiceResourceId)
+var fhirIdParts = split(fhirId, '/')
+var fhirIdLower = split(toLower(fhirId), '/')
+var fhirSubIndex = indexOf(fhirIdLower, 'subscriptions')
+var fhirRgIndex = indexOf(fhirIdLower, 'resourcegroups')
+var fhirProvidersIndex = fhirRgIndex + 2
+// Ternaries (ARM if(), which evaluates only the branch taken) guard every index.
+var fhirIdShapeOk = (fhirSubIndex >= 0 && fhirRgIndex == fhirSubIndex + 2 && length(fhirIdLower) > fhirProvidersIndex + 3) ? (fhirIdLower[fhirProvidersIndex] == 'providers' && fhirIdLower[fhirProvidersIndex + 1] == 'microsoft.healthcareapis') : false
+var fhirType = fhirIdShapeOk ? fhirIdLower[fhirProvidersIndex + 2] : ''
+var fhirIsWorkspace = (fhirType == 'workspaces' && length(fhirIdLower) == fhirProvidersIndex + 6) ? fhirIdLower[fhirProvidersIndex + 4] == 'fhirservices' : false
+var fhirIsApiForFhir = fhirType == 'services' && length(fhirIdLower) == fhirProvidersIndex + 4
+var fhirIdValid = fhirIsWorkspace || fhirIsApiForFhir
+// Read only from a valid id (every index below exists then); the stand-in values are never used.
+var fhirSubscription = fhirIdValid ? fhirIdParts[fhirSubIndex + 1] : subscription().subscriptionId
+var fhirResourceGroup = fhirIdValid ? fhirIdParts[fhirRgIndex + 1] : resourceGroup().name
+var fhirWorkspaceName = fhirIsWorkspace ? fhirIdParts[fhirProvidersIndex + 3] : ''
+var fhirServiceName = fhirIsWorkspace ? fhirIdParts[fhirProvidersIndex + 5] : (fhirIsApiForFhir ? fhirIdParts[fhirProvidersIndex + 3] : 'none')
+var fhirIdChecked = empty(fhirServiceResourceId) ? (fhirAuth == 'azure' ? fail('fhirServiceResourceId is required with fhirAuth=azure: give the resource id of the Azure Health Data Services FHIR service (.../Microsoft.HealthcareApis/workspaces/<ws>/fhirservices/<name>) or of Azure API for FHIR (.../Microsoft.HealthcareApis/services/<name>), so that the app identity gets FHIR Data Reader on it. Without it every export would get 403 from the FHIR service.') : '') : (fhirIdValid ? fhirId : fail('fhirServiceResourceId is not the resource id of a FHIR service: expected .../providers/Microsoft.HealthcareApis/workspaces/<ws>/fhirservices/<name> or .../providers/Microsoft.HealthcareApis/services/<name>'))
+// FHIR URL as Microsoft documents it for each kind (public cloud): https://<ws>-<name>.fhir.azurehealthcareapis.com
+// for Azure Health Data Services, https://<name>.azurehealthcareapis.com for Azure API for FHIR. Service
+// names are lowercase already; toLower keeps a mixed-case id from producing a different host name.
+var derivedFhirUrl = fhirIsWorkspace ? 'https://${toLower(fhirWorkspaceName)}-${toLower(fhirServiceName)}.fhir.azurehealthcareapis.com' : 'https://${toLower(fhirServiceName)}.azurehealthcareapis.com'
+var effectiveFhirUrl = !empty(fhirServerUrl) ? fhirServerUrl : (empty(fhirIdChecked) ? fail('fhirServerUrl is required when fhirServiceResourceId is empty') : derivedFhirUrl)
+// fhirIdChecked first: it is what fails a deployment with fhirAuth=azure and no (or a wrong) id.
+var grantFhir = !empty(fhirIdChecked) && fhirAuth == 'azure' && grantFhirRole
 
 // Built-in role definition ids (https://learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 var roles = {
@@ -297,7 +392,7 @@ module network 'modules/network.bicep' = if (withVnet) {
   params: {
     name: vnetName
     location: location
-    tags: tags
+    tags: allTags
     addressPrefix: vnetAddressPrefix
     appSubnetPrefix: appSubnetPrefix
     privateEndpointSubnetPrefix: privateEndpointSubnetPrefix
@@ -309,9 +404,10 @@ module network 'modules/network.bicep' = if (withVnet) {
 module storage 'modules/storage.bicep' = {
   name: 'storage-${token}'
   params: {
+    logAnalyticsId: storageDiagnostics ? monitoring.outputs.logAnalyticsId : ''
     name: storageAccountName
     location: location
-    tags: tags
+    tags: allTags
     skuName: storageSku
     deploymentContainer: deploymentContainer
     jobTable: jobTable
@@ -327,9 +423,10 @@ module storage 'modules/storage.bicep' = {
 module exportStorage 'modules/export-storage.bicep' = {
   name: 'export-storage-${token}'
   params: {
+    logAnalyticsId: storageDiagnostics ? monitoring.outputs.logAnalyticsId : ''
     name: exportStorageAccountName
     location: location
-    tags: tags
+    tags: allTags
     skuName: storageSku
     containers: exportContainers
     exportRetentionDays: exportRetentionDays
@@ -347,7 +444,7 @@ module privateEndpoints 'modules/private-endpoints.bicep' = if (networkMode == '
   name: 'private-endpoints-${token}'
   params: {
     location: location
-    tags: tags
+    tags: allTags
     vnetId: resourceId('Microsoft.Network/virtualNetworks', vnetName)
     subnetId: resourceId('Microsoft.Network/virtualNetworks/subnets', vnetName, 'private-endpoints')
     endpoints: [
@@ -384,8 +481,19 @@ module monitoring 'modules/monitoring.bicep' = {
     logAnalyticsName: logAnalyticsName
     appInsightsName: appInsightsName
     location: location
-    tags: tags
+    tags: allTags
+    retentionInDays: logRetentionDays
   }
+}
+
+// The app's identity, created first: every role below is granted to it before the Function App exists, so
+// the host's first start finds its storage, monitoring and FHIR roles in place (no "retry in a few minutes"
+// on the first deployment, apart from Entra ID's own propagation delay). A user-assigned identity adds no
+// role: it holds exactly the roles the system-assigned one held.
+resource appIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: identityName
+  location: location
+  tags: allTags
 }
 
 module functionApp 'modules/functionapp.bicep' = {
@@ -394,7 +502,7 @@ module functionApp 'modules/functionapp.bicep' = {
     name: functionAppName
     planName: planName
     location: location
-    tags: tags
+    tags: allTags
     storageAccountName: storage.outputs.name
     blobEndpoint: storage.outputs.blobEndpoint
     blobServiceUri: storage.outputs.blobServiceUri
@@ -403,10 +511,16 @@ module functionApp 'modules/functionapp.bicep' = {
     deploymentContainer: deploymentContainer
     exportBlobServiceUri: exportStorage.outputs.blobServiceUri
     appInsightsName: monitoring.outputs.appInsightsName
+    identityId: appIdentity.id
+    identityClientId: appIdentity.properties.clientId
     maximumInstanceCount: maximumInstanceCount
+    alwaysReadyHttpInstances: alwaysReadyHttpInstances
+    queueBatchSize: queueBatchSize
+    queueNewBatchThreshold: queueNewBatchThreshold
+    sourceConcurrency: sourceConcurrency
     instanceMemoryMB: instanceMemoryMB
     virtualNetworkSubnetId: withVnet ? appSubnetId : ''
-    fhirServerUrl: fhirServerUrl
+    fhirServerUrl: effectiveFhirUrl
     fhirAuth: fhirAuth
     exportContainer: exportContainer
     exportContainers: exportContainers
@@ -424,13 +538,18 @@ module functionApp 'modules/functionapp.bicep' = {
     authAllowedClientApplications: authAllowedClientApplications
     additionalAppSettings: additionalAppSettings
   }
+  // The roles first (see appIdentity).
   dependsOn: [
     network
     privateEndpoints
+    appHostRbac
+    appExportRbac
+    appMonitoringRbac
+    fhirRbac
   ]
 }
 
-// The app's system-assigned identity on the host account. Storage Blob Data Owner, not Contributor: Microsoft
+// The app's identity on the host account. Storage Blob Data Owner, not Contributor: Microsoft
 // documents Blob Data Owner as the minimum role for identity-based AzureWebJobsStorage ("No extension (host
 // only)"; the host creates its own containers and keeps leases and keys there). Queue Data Contributor for
 // the trigger and for creating <queue>-poison; Table Data Contributor for the job table. No export data
@@ -439,7 +558,7 @@ module appHostRbac 'modules/storage-rbac.bicep' = {
   name: 'rbac-app-host-${token}'
   params: {
     storageAccountName: storage.outputs.name
-    principalId: functionApp.outputs.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
     roles: [
       roles.blobDataOwner
@@ -458,7 +577,7 @@ module appExportRbac 'modules/storage-rbac.bicep' = {
   name: 'rbac-app-export-${token}'
   params: {
     storageAccountName: exportStorage.outputs.name
-    principalId: functionApp.outputs.principalId
+    principalId: appIdentity.properties.principalId
     principalType: 'ServicePrincipal'
     roles: [
       roles.blobDataContributor
@@ -471,7 +590,7 @@ module appMonitoringRbac 'modules/monitoring-rbac.bicep' = {
   name: 'rbac-app-monitoring-${token}'
   params: {
     appInsightsName: monitoring.outputs.appInsightsName
-    principalId: functionApp.outputs.principalId
+    principalId: appIdentity.properties.principalId
   }
 }
 
@@ -505,15 +624,35 @@ module deployerExportRbac 'modules/storage-rbac.bicep' = if (!empty(deployerPrin
   }
 }
 
-// Optional FHIR Data Reader on an Azure Health Data Services FHIR service, possibly in another resource
-// group or subscription.
-module fhirRbac 'modules/fhir-rbac.bicep' = if (!empty(fhirServiceResourceId)) {
+// FHIR Data Reader on the source FHIR service (Azure Health Data Services or Azure API for FHIR), possibly in
+// another resource group or subscription, and its AuditLogs to Log Analytics.
+module fhirRbac 'modules/fhir-rbac.bicep' = if (grantFhir) {
   name: 'rbac-fhir-${token}'
-  scope: resourceGroup(fhirIdParts[2], fhirIdParts[4])
+  scope: resourceGroup(fhirSubscription, fhirResourceGroup)
   params: {
-    workspaceName: fhirIdParts[8]
-    fhirServiceName: fhirIdParts[10]
-    principalId: functionApp.outputs.principalId
+    kind: fhirIsWorkspace ? 'workspaces' : 'services'
+    workspaceName: fhirWorkspaceName
+    fhirServiceName: fhirServiceName
+    principalId: appIdentity.properties.principalId
+    logAnalyticsId: fhirAuditLogs ? monitoring.outputs.logAnalyticsId : ''
+  }
+}
+
+// The workbook, the alert rules (and their action group) and the availability test on /metadata.
+module operations 'modules/operations.bicep' = {
+  name: 'operations-${token}'
+  params: {
+    location: location
+    tags: allTags
+    namePrefix: prefix
+    token: token
+    appInsightsId: monitoring.outputs.appInsightsId
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+    appPrincipalId: appIdentity.properties.principalId
+    appBaseUrl: functionApp.outputs.exportBaseUrl
+    alertEmail: alertEmail
+    stallMinutes: stallAlertMinutes
+    availabilityTest: availabilityTest
   }
 }
 
@@ -526,7 +665,15 @@ output functionAppDefaultHostName string = functionApp.outputs.defaultHostName
 @description('FHIR base URL of the exporter (host.json routePrefix is ""): kick-off at <this>/$export, <this>/Patient/$export, <this>/Group/<id>/$export.')
 output exportBaseUrl string = functionApp.outputs.exportBaseUrl
 output systemExportUrl string = '${functionApp.outputs.exportBaseUrl}/$export'
-output functionAppPrincipalId string = functionApp.outputs.principalId
+@description('Object id of the app\'s user-assigned identity (the principal every role is granted to).')
+output functionAppPrincipalId string = appIdentity.properties.principalId
+output functionAppIdentityClientId string = appIdentity.properties.clientId
+output fhirServerUrl string = effectiveFhirUrl
+@description('Whether this deployment granted FHIR Data Reader; false with fhirAuth=azure means someone must grant it (infra/README.md).')
+output fhirRoleGranted bool = grantFhir
+@description('Most requests in flight to the source FHIR server: maximumInstanceCount x min(sourceConcurrency, 2 x (queueBatchSize + queueNewBatchThreshold)).')
+output maxSourceRequestsInFlight int = maximumInstanceCount * min(sourceConcurrency, 2 * (queueBatchSize + queueNewBatchThreshold))
+output workbookId string = operations.outputs.workbookId
 output storageAccountName string = storage.outputs.name
 output exportStorageAccountName string = exportStorage.outputs.name
 output exportBlobServiceUri string = exportStorage.outputs.blobServiceUri

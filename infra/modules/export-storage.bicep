@@ -46,6 +46,9 @@ param networkAcls object = {
   bypass: 'AzureServices'
 }
 
+@description('Log Analytics workspace that receives the blob service\'s StorageRead/StorageWrite/StorageDelete logs (who read the exported PHI); empty = none.')
+param logAnalyticsId string = ''
+
 @description('Resource tags.')
 param tags object = {}
 
@@ -75,6 +78,30 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
 resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
   parent: storage
   name: 'default'
+}
+
+// Every read, write and delete of an export file, with the caller (the app identity, or the SAS of a
+// download: StorageBlobLogs.AuthenticationType = DelegationSas) and its IP: the record of who read the PHI.
+resource blobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsId)) {
+  name: 'export-blob-audit'
+  scope: blobService
+  properties: {
+    workspaceId: logAnalyticsId
+    logs: [
+      {
+        category: 'StorageRead'
+        enabled: true
+      }
+      {
+        category: 'StorageWrite'
+        enabled: true
+      }
+      {
+        category: 'StorageDelete'
+        enabled: true
+      }
+    ]
+  }
 }
 
 resource containerResources 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [

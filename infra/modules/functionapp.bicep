@@ -5,9 +5,13 @@
 // - the runtime is functionAppConfig.runtime = { name: 'custom', version: '1.0' }, NOT the
 //   FUNCTIONS_WORKER_RUNTIME app setting;
 // - the package lives in a blob container (functionAppConfig.deployment.storage), read with the app's
-//   system-assigned identity; no WEBSITE_RUN_FROM_PACKAGE / WEBSITE_CONTENT* settings;
+//   user-assigned identity; no WEBSITE_RUN_FROM_PACKAGE / WEBSITE_CONTENT* settings;
 // - one app per Flex plan; VNet integration through properties.virtualNetworkSubnetId (a subnet delegated
 //   to Microsoft.App/environments).
+//
+// The identity is user-assigned and created (with its roles) before this module runs: main.bicep makes the
+// module depend on the role assignments, so the host's first start already has its storage, monitoring and
+// FHIR roles (role assignments can still take a few minutes to propagate in Entra ID).
 //
 // App settings are written by a separate Microsoft.Web/sites/config 'appsettings' resource so that
 // EXPORT_BASE_URL can use the site's real default host name (a site cannot reference its own properties).
@@ -51,10 +55,33 @@ param exportBlobServiceUri string
 @description('Application Insights component name (local auth disabled).')
 param appInsightsName string
 
-@description('Maximum instance count for the Flex plan (Flex: 40..1000).')
-@minValue(40)
+@description('Maximum instance count for the Flex app (all its functions together).')
+@minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+
+@description('Always-ready instances for the HTTP functions (Flex "http" group); 0 = none (cold starts possible, no baseline cost).')
+@minValue(0)
+param alwaysReadyHttpInstances int = 0
+
+@description('Queue messages one instance fetches at once (host.json extensions.queues.batchSize, overridden by app setting).')
+@minValue(1)
+@maxValue(32)
+param queueBatchSize int = 4
+
+@description('Fetch the next batch when this few messages are still running (host.json newBatchThreshold).')
+@minValue(0)
+param queueNewBatchThreshold int = 2
+
+@description('Requests in flight to the source FHIR server from one instance (EXPORT_SOURCE_CONCURRENCY).')
+@minValue(1)
+param sourceConcurrency int = 8
+
+@description('Resource id of the app\'s user-assigned identity.')
+param identityId string
+
+@description('Client id of the app\'s user-assigned identity (AzureWebJobsStorage__clientId, EXPORT_STORAGE__clientId, FHIR_AUTH_CLIENT_ID).')
+param identityClientId string
 
 @description('Instance memory size in MB.')
 @allowed([
@@ -149,10 +176,16 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 resource site 'Microsoft.Web/sites@2024-04-01' = {
   name: name
   location: location
-  tags: tags
+  // azd finds the app of the "export" service in azure.yaml by this tag.
+  tags: union(tags, {
+    'azd-service-name': 'export'
+  })
   kind: 'functionapp,linux'
   identity: {
-    type: 'SystemAssigned'
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
   }
   properties: {
     serverFarmId: plan.id
@@ -168,13 +201,21 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
           type: 'blobContainer'
           value: '${blobEndpoint}${deploymentContainer}'
           authentication: {
-            type: 'SystemAssignedIdentity'
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
           }
         }
       }
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        // "http" is the scale group of every HTTP-triggered function (kick-off, status, downloads).
+        alwaysReady: alwaysReadyHttpInstances > 0 ? [
+          {
+            name: 'http'
+            instanceCount: alwaysReadyHttpInstances
+          }
+        ] : []
       }
       runtime: {
         name: 'custom'
@@ -263,9 +304,16 @@ var generatedAppSettings = {
   AzureWebJobsStorage__queueServiceUri: queueServiceUri
   AzureWebJobsStorage__tableServiceUri: tableServiceUri
   AzureWebJobsStorage__credential: 'managedidentity'
-  // Entra-authenticated telemetry (component has DisableLocalAuth: true).
+  AzureWebJobsStorage__clientId: identityClientId
+  // Entra-authenticated telemetry (component has DisableLocalAuth: true), with the user-assigned identity.
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
-  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'Authorization=AAD'
+  APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // host.json's queue batch settings, overridden here so that the load on the source is a deployment
+  // parameter: at most maximumInstanceCount x min(EXPORT_SOURCE_CONCURRENCY, 2 x (batchSize + newBatchThreshold))
+  // requests in flight to the source FHIR server (a work item has at most a page and the next one in flight).
+  AzureFunctionsJobHost__extensions__queues__batchSize: string(queueBatchSize)
+  AzureFunctionsJobHost__extensions__queues__newBatchThreshold: string(queueNewBatchThreshold)
+  EXPORT_SOURCE_CONCURRENCY: string(sourceConcurrency)
   // Who may call: Entra ID bearer tokens for this API with the app role (never AUTH_MODE=none here).
   AUTH_MODE: 'entra'
   AUTH_TENANT_ID: authTenantId
@@ -274,8 +322,10 @@ var generatedAppSettings = {
   // The exporter's own settings.
   FHIR_SERVER_URL: fhirServerUrl
   FHIR_AUTH: fhirAuth
+  FHIR_AUTH_CLIENT_ID: identityClientId
   // Exports go to their own account, reached with the managed identity.
   EXPORT_STORAGE__blobServiceUri: exportBlobServiceUri
+  EXPORT_STORAGE__clientId: identityClientId
   EXPORT_CONTAINER: exportContainer
   EXPORT_CONTAINERS: join(exportContainers, ',')
   EXPORT_DOWNLOADS: exportDownloads
@@ -306,5 +356,4 @@ output name string = site.name
 output id string = site.id
 output defaultHostName string = site.properties.defaultHostName
 output exportBaseUrl string = exportBaseUrl
-output principalId string = site.identity.principalId
 output planName string = plan.name

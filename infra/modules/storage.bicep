@@ -48,6 +48,9 @@ param networkAcls object = {
   bypass: 'AzureServices'
 }
 
+@description('Log Analytics workspace that receives the blob, queue and table logs (StorageRead/Write/Delete), which the "storage refused the identity" alert reads; empty = none.')
+param logAnalyticsId string = ''
+
 @description('Resource tags.')
 param tags object = {}
 
@@ -109,6 +112,50 @@ resource workQueueResource 'Microsoft.Storage/storageAccounts/queueServices/queu
 resource poisonQueueResource 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: '${workQueue}-poison'
+}
+
+// Resource logs of the three services the host and the handler use. The queue's polling makes StorageRead
+// the bulk of it (one row per poll, about every 2 s per instance while idle): see infra/README.md for the cost.
+var storageLogCategories = [
+  {
+    category: 'StorageRead'
+    enabled: true
+  }
+  {
+    category: 'StorageWrite'
+    enabled: true
+  }
+  {
+    category: 'StorageDelete'
+    enabled: true
+  }
+]
+
+resource blobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsId)) {
+  name: 'host-blob-logs'
+  scope: blobService
+  properties: {
+    workspaceId: logAnalyticsId
+    logs: storageLogCategories
+  }
+}
+
+resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsId)) {
+  name: 'host-queue-logs'
+  scope: queueService
+  properties: {
+    workspaceId: logAnalyticsId
+    logs: storageLogCategories
+  }
+}
+
+resource tableDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = if (!empty(logAnalyticsId)) {
+  name: 'host-table-logs'
+  scope: tableService
+  properties: {
+    workspaceId: logAnalyticsId
+    logs: storageLogCategories
+  }
 }
 
 // primaryEndpoints.* end with '/'; app settings get the form without the trailing slash

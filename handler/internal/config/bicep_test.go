@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -64,7 +65,16 @@ func TestBicepWritesOnlySettingsTheHandlerReads(t *testing.T) {
 		"APPLICATIONINSIGHTS_CONNECTION_STRING":     true, // the host's telemetry
 		"APPLICATIONINSIGHTS_AUTHENTICATION_STRING": true,
 	}
+	hostJSON := hostJSONSettings(t)
 	for name := range written {
+		// AzureFunctionsJobHost__a__b overrides host.json's a.b: it must
+		// name a setting host.json has, or the override is silently ignored.
+		if path, ok := strings.CutPrefix(name, "AzureFunctionsJobHost__"); ok {
+			if !hostJSON[strings.ReplaceAll(path, "__", ".")] {
+				t.Errorf("functionapp.bicep writes %s, but host.json has no %s", name, strings.ReplaceAll(path, "__", "."))
+			}
+			continue
+		}
 		if !read[name] && !hostOwn[name] {
 			t.Errorf("functionapp.bicep writes %s, which the handler does not read (config.Load)", name)
 		}
@@ -75,11 +85,48 @@ func TestBicepWritesOnlySettingsTheHandlerReads(t *testing.T) {
 		"AUTH_MODE", "AUTH_TENANT_ID", "AUTH_AUDIENCE", "FHIR_SERVER_URL", "EXPORT_QUEUE", "EXPORT_TABLE",
 		"AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__queueServiceUri", "AzureWebJobsStorage__tableServiceUri",
 		"EXPORT_STORAGE__blobServiceUri", "EXPORT_CONTAINERS", "EXPORT_BASE_URL",
+		// The app's identity is user-assigned: without its client id
+		// every Azure SDK credential would look for a system-assigned one
+		// that does not exist.
+		"AzureWebJobsStorage__clientId", "EXPORT_STORAGE__clientId", "FHIR_AUTH_CLIENT_ID",
+		// The load on the source is a deployment parameter.
+		"AzureFunctionsJobHost__extensions__queues__batchSize", "AzureFunctionsJobHost__extensions__queues__newBatchThreshold",
+		"EXPORT_SOURCE_CONCURRENCY",
 	} {
 		if !written[name] {
 			t.Errorf("functionapp.bicep does not write %s", name)
 		}
 	}
+}
+
+// hostJSONSettings returns the dotted paths of host.json's leaf settings
+// (extensions.queues.batchSize, ...).
+func hostJSONSettings(t *testing.T) map[string]bool {
+	t.Helper()
+	raw, err := os.ReadFile("../../../host.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatalf("host.json: %v", err)
+	}
+	paths := map[string]bool{}
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		if m, ok := v.(map[string]any); ok {
+			for k, c := range m {
+				walk(strings.TrimPrefix(prefix+"."+k, "."), c)
+			}
+			return
+		}
+		paths[prefix] = true
+	}
+	walk("", doc)
+	if !paths["extensions.queues.batchSize"] {
+		t.Fatal("host.json has no extensions.queues.batchSize; the walk is broken")
+	}
+	return paths
 }
 
 // builtInRoles are the Azure built-in role definition ids the templates may
