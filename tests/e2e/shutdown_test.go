@@ -79,6 +79,11 @@ func TestSIGTERMDuringAnExportHandsOnAndARestartFinishesIt(t *testing.T) {
 	}
 	t.Logf("SIGTERM: exited after %s; %d work items handed on", elapsed.Round(time.Millisecond), handedOn)
 
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log of the handler that got SIGTERM (request lines left out):\n%s", tail(withoutRequestLines(logs), 60))
+		}
+	})
 	p.start()
 	m, _, err := client.Wait(ctx(t), statusURL)
 	if err != nil {

@@ -139,38 +139,58 @@ func (r *deletedRun) page(ctx context.Context, w *fileWriter, c Cursor) (string,
 		q.Set("_count", strconv.Itoa(max(r.e.set.PageSize, 1)))
 		pageURL = r.e.source.HistoryURL(r.item.Type, "", q.Encode())
 	}
-	entry := 0
+	var entries []HistoryEntry
 	next, err := r.e.source.HistoryPage(ctx, pageURL, func(h HistoryEntry) error {
-		entry++
-		if h.Method != "DELETE" {
-			return nil
-		}
-		where := fmt.Sprintf("%s history, page %d, entry %d", r.item.Type, c.Page+1, entry)
-		switch {
-		case h.Type != r.item.Type:
-			return r.warn(ctx, fmt.Sprintf("%s: the DELETE entry is of type %s, not %s; it is not listed", where, clipType(h.Type), r.item.Type))
-		case !fhirID.MatchString(h.ID):
-			return r.warn(ctx, where+": the DELETE entry names no valid resource id; it is not listed")
-		case h.At.IsZero():
-			return r.warn(ctx, fmt.Sprintf("%s: the deletion of %s/%s has no time (response.lastModified), so it cannot be placed in the export's window; it is not listed", where, h.Type, h.ID))
-		case !h.At.After(r.since) || h.At.After(r.upper):
-			return nil // outside the window
-		}
-		latest, err := r.latest(ctx, h)
-		if errors.Is(err, ErrNoHistory) {
-			return r.warn(ctx, fmt.Sprintf("%s: the source does not offer the history of %s/%s, so whether it was re-created after its deletion cannot be checked; it is not listed (%v)", where, h.Type, h.ID, err))
-		}
-		if err != nil || !latest {
-			return err
-		}
-		return w.add(ctx, r.deletedLine(h))
+		entries = append(entries, h)
+		return nil
 	})
 	if err != nil && c.Next == "" && errors.Is(err, ErrNoHistory) {
 		// The source refused the history itself: a warning, and the item is done.
 		zerolog.Ctx(ctx).Warn().Err(err).Msg("the source does not offer this type's history; its deletions are not listed")
 		return "", r.errs.add(ctx, fhir.NewOutcome("warning", "not-supported", noHistoryWarning(r.item.Type, r.since, err.Error())).JSON())
 	}
-	return next, err
+	if err != nil {
+		return "", err
+	}
+	// The entries are listed once the page is read, because checking one
+	// makes source requests of its own: made while the page's body still
+	// streamed, each would hold a second slot of the source client's
+	// concurrency cap, and with the cap down to one after throttling it
+	// would wait for its own page forever. A page of entries is small.
+	for i, h := range entries {
+		if err := r.listDeletion(ctx, w, c.Page+1, i+1, h); err != nil {
+			return "", err
+		}
+	}
+	return next, nil
+}
+
+// listDeletion writes the deleted line of entry number entry of history page
+// page, if it is a deletion inside the job's window and the last version of
+// its resource, or a warning when it cannot be listed.
+func (r *deletedRun) listDeletion(ctx context.Context, w *fileWriter, page, entry int, h HistoryEntry) error {
+	if h.Method != "DELETE" {
+		return nil
+	}
+	where := fmt.Sprintf("%s history, page %d, entry %d", r.item.Type, page, entry)
+	switch {
+	case h.Type != r.item.Type:
+		return r.warn(ctx, fmt.Sprintf("%s: the DELETE entry is of type %s, not %s; it is not listed", where, clipType(h.Type), r.item.Type))
+	case !fhirID.MatchString(h.ID):
+		return r.warn(ctx, where+": the DELETE entry names no valid resource id; it is not listed")
+	case h.At.IsZero():
+		return r.warn(ctx, fmt.Sprintf("%s: the deletion of %s/%s has no time (response.lastModified), so it cannot be placed in the export's window; it is not listed", where, h.Type, h.ID))
+	case !h.At.After(r.since) || h.At.After(r.upper):
+		return nil // outside the window
+	}
+	latest, err := r.latest(ctx, h)
+	if errors.Is(err, ErrNoHistory) {
+		return r.warn(ctx, fmt.Sprintf("%s: the source does not offer the history of %s/%s, so whether it was re-created after its deletion cannot be checked; it is not listed (%v)", where, h.Type, h.ID, err))
+	}
+	if err != nil || !latest {
+		return err
+	}
+	return w.add(ctx, r.deletedLine(h))
 }
 
 // fhirID is the R4 id type.

@@ -21,7 +21,10 @@ const DefaultConcurrency = 8
 // process down, instead of the others pressing on while it backs off.
 //
 // A request holds its slot until its body is read (a page streams while its
-// entries are written), so the cap is on open source requests.
+// entries are written), so the cap is on open source requests. So a caller
+// must never make a source request from inside a page's visit callback: it
+// would hold a second slot while waiting for it, and with the cap down to one
+// after throttling it would wait for itself forever.
 type limiter struct {
 	mu       sync.Mutex
 	max      int
