@@ -105,7 +105,13 @@ func Run(ctx context.Context, q Receiver, p Processor, o Options) {
 			}
 			continue
 		}
-		batch, err := q.Receive(ctx, min(free, 32), o.Visibility)
+		// Receive on the work's context, not ctx: a stop that cancelled the
+		// request after storage had dequeued the messages would lose the
+		// answer and leave them invisible for o.Visibility, neither run nor
+		// given back. A stop seen after it returns gives them back below.
+		rctx, cancelReceive := context.WithTimeout(work, settleTimeout)
+		batch, err := q.Receive(rctx, min(free, 32), o.Visibility)
+		cancelReceive()
 		if err != nil {
 			if ctx.Err() == nil {
 				log.Warn().Err(err).Msg("receiving work items failed; trying again")
