@@ -188,7 +188,13 @@ func TestDiscoveryDocuments(t *testing.T) {
 	for _, tc := range []struct {
 		b    *bundle
 		want string
-	}{{b, `"code":"SMART-on-FHIR"`}, {setup(t), "AUTH_MODE=none"}} {
+	}{
+		{b, `"code":"SMART-on-FHIR"`},
+		// The token endpoint is in /metadata too, for clients that read it
+		// from there (the SMART bulk-data-client takes whichever answers first).
+		{b, `{"url":"http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris","extension":[{"url":"token","valueUri":"https://idp.example/token"}]}`},
+		{setup(t), "AUTH_MODE=none"},
+	} {
 		if rec := tc.b.call("GET", "/metadata", nil, ""); !strings.Contains(rec.Body.String(), tc.want) {
 			t.Errorf("CapabilityStatement lacks %s: %s", tc.want, rec.Body)
 		}

@@ -47,8 +47,14 @@ type (
 		Operation []operation `json:"operation"`
 	}
 	security struct {
+		Extension   []extension       `json:"extension,omitempty"`
 		Service     []codeableConcept `json:"service,omitempty"`
 		Description string            `json:"description"`
+	}
+	extension struct {
+		URL       string      `json:"url"`
+		ValueURI  string      `json:"valueUri,omitempty"`
+		Extension []extension `json:"extension,omitempty"`
 	}
 	codeableConcept struct {
 		Coding []coding `json:"coding"`
@@ -112,7 +118,7 @@ func (s *server) security() security {
 		return security{Description: "AUTH_MODE=none: no authentication; every caller is one anonymous client " +
 			"that may export everything. For local use only."}
 	}
-	return security{
+	sec := security{
 		Service: []codeableConcept{{
 			Coding: []coding{{System: "http://terminology.hl7.org/CodeSystem/restful-security-service", Code: "SMART-on-FHIR"}},
 			Text:   "OAuth2 bearer tokens (SMART Backend Services)",
@@ -121,7 +127,19 @@ func (s *server) security() security {
 			"needs a bearer token (client credentials) with the app role or SMART system scopes (system/*.rs, " +
 			"system/<Type>.rs, or the v1 .read forms). Jobs and their files belong to the client that started them.",
 	}
+	if s.tokenURL != "" {
+		// The SMART oauth-uris extension names the token endpoint here too:
+		// the SMART bulk-data-client races this document against
+		// .well-known/smart-configuration and takes the first answer, so
+		// without it a fast /metadata left the client with no token URL.
+		sec.Extension = []extension{{URL: oauthURIs, Extension: []extension{{URL: "token", ValueURI: s.tokenURL}}}}
+	}
+	return sec
 }
+
+// oauthURIs is the SMART extension that names a server's OAuth endpoints in
+// its CapabilityStatement (rest.security).
+const oauthURIs = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 
 // smartConfig is the SMART App Launch discovery document
 // (.well-known/smart-configuration) for backend services.
