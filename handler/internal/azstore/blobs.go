@@ -145,6 +145,48 @@ func (b *Blobs) Open(ctx context.Context, container, name string) (io.ReadCloser
 	return resp.Body, deref(resp.ContentLength), nil
 }
 
+// ReadSmall downloads a whole blob of at most max bytes, If-Match ifMatch
+// when it is set, and returns it with its ETag. The errors a client may see
+// (missing container or blob, changed ETag, too large) carry no storage
+// response text; the service's codes decide which one it is.
+func (b *Blobs) ReadSmall(ctx context.Context, container, name, ifMatch string, max int64) ([]byte, string, error) {
+	var opts *blob.DownloadStreamOptions
+	if ifMatch != "" {
+		etag := azcore.ETag(ifMatch)
+		opts = &blob.DownloadStreamOptions{AccessConditions: &blob.AccessConditions{
+			ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: &etag}}}
+	}
+	resp, err := b.block(container, name).DownloadStream(ctx, opts)
+	switch {
+	case bloberror.HasCode(err, bloberror.ContainerNotFound):
+		return nil, "", fault.New(fault.NotFound, "container %q does not exist", container)
+	case bloberror.HasCode(err, bloberror.BlobNotFound):
+		return nil, "", fault.New(fault.NotFound, "blob %q does not exist in container %q", name, container)
+	case bloberror.HasCode(err, bloberror.ConditionNotMet):
+		return nil, "", fault.New(fault.Conflict, "blob %q in container %q does not have ETag %s: it has changed", name, container, ifMatch)
+	case err != nil:
+		return nil, "", wrap(err, "read %s/%s", container, name)
+	}
+	defer resp.Body.Close()
+	tooLarge := func(n int64) error {
+		return fault.New(fault.Invalid, "blob %q in container %q is %d bytes, more than the %d allowed", name, container, n, max)
+	}
+	if n := deref(resp.ContentLength); n > max {
+		return nil, "", tooLarge(n)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
+	if err != nil {
+		return nil, "", wrap(err, "read %s/%s", container, name)
+	}
+	if int64(len(data)) > max {
+		return nil, "", tooLarge(int64(len(data)))
+	}
+	if resp.ETag == nil {
+		return nil, "", fault.New(fault.Internal, "read %s/%s: no ETag in the answer", container, name)
+	}
+	return data, string(*resp.ETag), nil
+}
+
 // ContentType returns the blob's Content-Type; fault.NotFound as for Open.
 func (b *Blobs) ContentType(ctx context.Context, container, name string) (string, error) {
 	props, err := b.block(container, name).GetProperties(ctx, nil)

@@ -74,6 +74,10 @@ type Config struct {
 	// EXPORT_CONTAINERS: the containers a kick-off may name in _container
 	// (default: just Container; Container is one of them).
 	Containers []string
+	// EXPORT_ANONYMIZATION_CONTAINER: the container of the export
+	// destination account that holds the de-identification configurations
+	// a kick-off names in _anonymizationConfig (Azure's name by default).
+	AnonymizationContainer string
 	// EXPORT_STORAGE (connection string) or EXPORT_STORAGE__blobServiceUri
 	// (+ __clientId): a storage account for export files apart from the host
 	// account. Zero: the files go to the host account.
@@ -125,6 +129,11 @@ type Config struct {
 	LogLevel      string // LOG_LEVEL: debug, info, warn, error
 }
 
+// DefaultAnonymizationContainer is Azure's container of anonymization
+// configurations, so that a configuration uploaded for Azure's de-identified
+// export is found here too.
+const DefaultAnonymizationContainer = "anonymization"
+
 // Load reads the configuration through getenv (os.Getenv in main) and
 // validates it. The error names every setting that is wrong and why.
 func Load(getenv func(string) string) (Config, error) {
@@ -174,6 +183,7 @@ func Load(getenv func(string) string) (Config, error) {
 		FunctionsPort:     r.str("FUNCTIONS_CUSTOMHANDLER_PORT", ""),
 		LogLevel:          strings.ToLower(r.str("LOG_LEVEL", "info")),
 	}
+	c.AnonymizationContainer = r.str("EXPORT_ANONYMIZATION_CONTAINER", DefaultAnonymizationContainer)
 	c.follow(&r)
 	c.validate(&r)
 	if len(r.errs) > 0 {
@@ -241,6 +251,11 @@ func (c *Config) validate(r *reader) {
 			r.fail("EXPORT_CONTAINERS", "%q is a container of the Functions host (keys, leases): exports must not go there", name)
 			break
 		}
+	}
+	if !export.ValidContainerName(c.AnonymizationContainer) {
+		r.fail("EXPORT_ANONYMIZATION_CONTAINER", "%q is not a valid container name (3-63 lowercase letters, digits and single hyphens)", c.AnonymizationContainer)
+	} else if strings.HasPrefix(c.AnonymizationContainer, "azure-webjobs-") {
+		r.fail("EXPORT_ANONYMIZATION_CONTAINER", "%q is a container of the Functions host (keys, leases), not one of configurations", c.AnonymizationContainer)
 	}
 	if !slices.Contains(c.Containers, c.Container) {
 		r.fail("EXPORT_CONTAINER", "(%s) must be one of EXPORT_CONTAINERS (%s)", c.Container, strings.Join(c.Containers, ","))
@@ -361,7 +376,7 @@ func (c Config) Fields() map[string]any {
 		"memberBatch": c.MemberBatch, "systemTypes": c.SystemTypes,
 		"invocationBudget": c.InvocationBudget.String(), "lease": c.Lease.String(), "stallAfter": c.StallAfter.String(),
 		"workers": c.Workers, "maxDequeueCount": c.MaxDequeueCount, "functionsMode": c.FunctionsPort != "",
-		"containers": c.Containers, "exportStorage": c.ExportStorage.describe(), "downloads": c.Downloads,
+		"containers": c.Containers, "anonymizationContainer": c.AnonymizationContainer, "exportStorage": c.ExportStorage.describe(), "downloads": c.Downloads,
 		"sasTtl": c.SASTTL.String(), "windowResources": c.WindowResources, "sourceConcurrency": c.SourceConcurrency,
 	}
 }

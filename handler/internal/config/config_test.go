@@ -178,3 +178,29 @@ func TestAuthModeIsRequiredAndChecked(t *testing.T) {
 		})
 	}
 }
+
+// TestAnonymizationContainer: configurations are found where Azure keeps
+// them unless the operator names another container, and a name storage
+// would refuse (or the host's own containers) stops the service at start-up.
+func TestAnonymizationContainer(t *testing.T) {
+	base := map[string]string{"AzureWebJobsStorage": "UseDevelopmentStorage=true", "FHIR_SERVER_URL": "http://127.0.0.1:8080/fhir", "AUTH_MODE": "none"}
+	c, err := Load(env(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AnonymizationContainer != "anonymization" {
+		t.Errorf("default anonymization container %q, want Azure's \"anonymization\"", c.AnonymizationContainer)
+	}
+	set := maps.Clone(base)
+	set["EXPORT_ANONYMIZATION_CONTAINER"] = "deid-configs"
+	if c, err = Load(env(set)); err != nil || c.AnonymizationContainer != "deid-configs" {
+		t.Errorf("EXPORT_ANONYMIZATION_CONTAINER=deid-configs gave %q, %v", c.AnonymizationContainer, err)
+	}
+	for _, bad := range []string{"De_Id", "azure-webjobs-secrets"} {
+		set["EXPORT_ANONYMIZATION_CONTAINER"] = bad
+		_, err := Load(env(set))
+		if err == nil || !strings.Contains(err.Error(), "EXPORT_ANONYMIZATION_CONTAINER") || !strings.Contains(err.Error(), bad) {
+			t.Errorf("EXPORT_ANONYMIZATION_CONTAINER=%s: %v; want an error naming the setting and the value", bad, err)
+		}
+	}
+}

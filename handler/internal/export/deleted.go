@@ -106,6 +106,10 @@ type deletedRun struct {
 	since  time.Time
 	upper  time.Time
 	bundle []byte // the line being built
+	// anon is the job's de-identification (nil: none). A deleted line then
+	// names the resource by the id it has in the output (anonymizedID), and
+	// error lines by its anonymized id, never the original.
+	anon Anonymizer
 }
 
 func (e *Engine) newDeletedRun(job *Job, item *WorkItem, errs *fileWriter) *deletedRun {
@@ -179,16 +183,27 @@ func (r *deletedRun) listDeletion(ctx context.Context, w *fileWriter, page, entr
 	case !fhirID.MatchString(h.ID):
 		return r.warn(ctx, where+": the DELETE entry names no valid resource id; it is not listed")
 	case h.At.IsZero():
-		return r.warn(ctx, fmt.Sprintf("%s: the deletion of %s/%s has no time (response.lastModified), so it cannot be placed in the export's window; it is not listed", where, h.Type, h.ID))
+		return r.warn(ctx, fmt.Sprintf("%s: the deletion of %s/%s has no time (response.lastModified), so it cannot be placed in the export's window; it is not listed", where, h.Type, r.shownID(h.ID)))
 	case !h.At.After(r.since) || h.At.After(r.upper):
 		return nil // outside the window
 	}
 	latest, err := r.latest(ctx, h)
 	if errors.Is(err, ErrNoHistory) {
-		return r.warn(ctx, fmt.Sprintf("%s: the source does not offer the history of %s/%s, so whether it was re-created after its deletion cannot be checked; it is not listed (%v)", where, h.Type, h.ID, err))
+		why := err.Error()
+		if r.anon != nil {
+			why = "the source's text is not copied into a de-identified export" // it names the id
+		}
+		return r.warn(ctx, fmt.Sprintf("%s: the source does not offer the history of %s/%s, so whether it was re-created after its deletion cannot be checked; it is not listed (%s)", where, h.Type, r.shownID(h.ID), why))
 	}
 	if err != nil || !latest {
 		return err
+	}
+	if r.anon != nil {
+		id, ok := anonymizedID(r.anon, h.Type, h.ID)
+		if !ok {
+			return r.warn(ctx, fmt.Sprintf("%s: the anonymization configuration removes or cannot process the id of %s/%s, so its deletion is not listed", where, h.Type, r.anon.AnonymizedID(h.ID)))
+		}
+		h.ID = id
 	}
 	return w.add(ctx, r.deletedLine(h))
 }
@@ -212,7 +227,7 @@ func (r *deletedRun) latest(ctx context.Context, h HistoryEntry) (bool, error) {
 			return nil
 		})
 		if err != nil {
-			return false, fmt.Errorf("read the history of %s/%s: %w", h.Type, h.ID, err)
+			return false, fmt.Errorf("read the history of %s/%s: %w", h.Type, r.shownID(h.ID), err)
 		}
 	}
 	return !later, nil

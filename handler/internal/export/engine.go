@@ -23,6 +23,11 @@ type Settings struct {
 	// resources than this into _lastUpdated windows of at most about this
 	// many, each its own work item (windows.go). Zero: one item per type.
 	WindowResources int
+	// Anonymizers reads de-identification configurations
+	// (_anonymizationConfig). It is a port rather than a tuning value, kept
+	// here so that New's signature stays as it is; nil: de-identified export
+	// is not configured and a kick-off asking for it is fault.Invalid.
+	Anonymizers Anonymizers
 }
 
 // DefaultWindowResources is the default of Settings.WindowResources: 100

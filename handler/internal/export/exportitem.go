@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -48,15 +49,22 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 	if err := ew.repair(ctx); err != nil {
 		return err
 	}
+	anon, _, err := e.loadAnonymizer(ctx, job) // once per invocation (anonymize_write.go)
+	if err != nil {
+		return err
+	}
 	var run pager
 	if item.Kind == ItemDeleted {
-		run = e.newDeletedRun(job, item, ew)
+		deleted := e.newDeletedRun(job, item, ew)
+		deleted.anon = anon
+		run = deleted
 	} else {
 		search, err := e.newItemRun(ctx, job, item)
 		if err != nil {
 			return err
 		}
 		search.errs = ew
+		search.anon = anon
 		// Read the next page ahead only while this invocation will write
 		// it; a hand-on writes the page read ahead first.
 		search.mayReadAhead = func() bool { return !at.stopping() && time.Now().Before(deadline) }
@@ -149,6 +157,7 @@ type itemRun struct {
 	scratch bytes.Buffer            // the resource being looked at, compacted
 	errs    *fileWriter             // the item's error files
 	keep    elementSet              // _elements of the item's type; nil: resources are written whole
+	anon    Anonymizer              // the job's de-identification; nil: resources are written as they are
 
 	lastRestart restartPoint // where the last restart after a lost next link began
 
@@ -325,7 +334,7 @@ func (r *itemRun) page(ctx context.Context, w *fileWriter, c Cursor) (string, er
 		return "", err
 	}
 	next, err := r.visitPage(ctx, w, c, pageURL)
-	if err != nil && c.Next != "" && !c.After.IsZero() && fault.Is(err, fault.Permanent) {
+	if err != nil && c.Next != "" && !c.After.IsZero() && fault.Is(err, fault.Permanent) && !errors.Is(err, errNotAnonymized) {
 		// The source no longer honours the next link (its paging state
 		// expired, or it restarted). Nothing after the last checkpoint was
 		// committed, so search again from the recorded position.
@@ -405,11 +414,11 @@ func (r *itemRun) visitPage(ctx context.Context, w *fileWriter, c Cursor, pageUR
 			}
 			line = subset
 		}
-		if c.Query > 0 {
-			held = append(held, heldResource{id: id, json: bytes.Clone(line)})
+		if c.Query > 0 { // anonymized once known to be written, so a skip is reported once
+			held = append(held, heldResource{id: id, json: bytes.Clone(line), entry: entry})
 			return nil
 		}
-		return w.add(ctx, line)
+		return r.write(ctx, w, c, entry, line, id)
 	})
 	if err != nil {
 		return "", err
@@ -427,6 +436,11 @@ func (r *itemRun) visitPage(ctx context.Context, w *fileWriter, c Cursor, pageUR
 // as the source sent it. One that is not an OperationOutcome object is
 // reported instead of copied.
 func (r *itemRun) writeOutcomeEntry(ctx context.Context, c Cursor, entry int, resource []byte) error {
+	if r.anon != nil {
+		// The source's own text may name patients or ids; a de-identified
+		// export says only that there was one.
+		return r.writeEntryError(ctx, c, entry, "the source reported an issue with the search; its text is not copied into a de-identified export")
+	}
 	r.scratch.Reset()
 	if json.Compact(&r.scratch, resource) != nil || r.scratch.Len() == 0 || r.scratch.Bytes()[0] != '{' ||
 		readHead(r.scratch.Bytes()).ResourceType != "OperationOutcome" {
@@ -465,8 +479,9 @@ func clipType(t string) string {
 }
 
 type heldResource struct {
-	id   string
-	json []byte
+	id    string
+	json  []byte
+	entry int
 }
 
 // writeUnmatchedByEarlierQueries writes the held resources that no earlier
@@ -505,7 +520,7 @@ func (r *itemRun) writeUnmatchedByEarlierQueries(ctx context.Context, w *fileWri
 			r.item.Skipped++
 			continue
 		}
-		if err := w.add(ctx, h.json); err != nil {
+		if err := r.write(ctx, w, c, h.entry, h.json, h.id); err != nil {
 			return err
 		}
 	}

@@ -33,10 +33,14 @@ var jobIDPattern = regexp.MustCompile(`^[0-9a-f]{44}$`)
 // API answers 404 for other ids with it before calling the engine.
 func ValidJobID(id string) bool { return jobIDPattern.MatchString(id) }
 
-// KickOff accepts an export: it fixes the transaction time from the source's
+// KickOff accepts an export: it validates the de-identification
+// configuration if one is named, fixes the transaction time from the source's
 // clock, checks that the Group exists and the destination container can be
 // created, writes the job and its plan item, and enqueues the plan.
 func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
+	if err := e.checkAnonymization(ctx, &req); err != nil {
+		return nil, err
+	}
 	sourceNow, err := e.source.Now(ctx)
 	if err != nil {
 		return nil, fault.Wrap(fault.Unavailable, err, "the source FHIR server cannot be reached")
@@ -93,6 +97,34 @@ func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
 	zerolog.Ctx(ctx).Info().Str("job", job.ID).Str("exportLevel", string(req.Level)).
 		Time("transactionTime", job.TransactionTime).Msg("export accepted")
 	return job, nil
+}
+
+// checkAnonymization reads and validates the de-identification
+// configuration a kick-off names, before anything is created: a bad one is
+// the client's 400 now rather than a failed job later. The job then records
+// the ETag read here, so every work item and retry uses this version and no
+// other, and the configuration's warnings go to the job's error files.
+func (e *Engine) checkAnonymization(ctx context.Context, req *Request) error {
+	if req.AnonymizationConfig == "" {
+		if req.AnonymizationETag != "" {
+			return fault.New(fault.Invalid, "_anonymizationConfigEtag is given without _anonymizationConfig")
+		}
+		return nil
+	}
+	if e.set.Anonymizers == nil {
+		return fault.New(fault.Invalid, "de-identified export is not configured on this server (_anonymizationConfig)")
+	}
+	etag, warnings, err := e.set.Anonymizers.Check(ctx, req.AnonymizationConfig, req.AnonymizationETag)
+	if err != nil {
+		return err
+	}
+	req.AnonymizationETag = etag
+	for _, w := range warnings {
+		if !slices.Contains(req.Warnings, w) {
+			req.Warnings = append(req.Warnings, w)
+		}
+	}
+	return nil
 }
 
 // checkMembers refuses a Group kick-off whose patient parameter names a

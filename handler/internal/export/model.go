@@ -42,7 +42,7 @@ type Request struct {
 	Container    string   `json:"container"`
 	OutputFormat string   `json:"outputFormat"`
 	RequestURL   string   `json:"request"`            // the kick-off URL, for the manifest
-	Warnings     []string `json:"warnings,omitempty"` // ignored parameters under handling=lenient
+	Warnings     []string `json:"warnings,omitempty"` // ignored parameters under handling=lenient, the anonymization configuration's warnings
 	// Owner is the key of the client that started the job (the HTTP API sets
 	// auth.Principal.OwnerKey()). Only that client sees the job: Status,
 	// Cancel and OpenFile answer fault.NotFound to any other.
@@ -51,6 +51,13 @@ type Request struct {
 	// answer 202 with a manifest page of the files already complete, and
 	// pages the manifest (see the HTTP API's status).
 	AllowPartialManifests bool `json:"allowPartialManifests,omitempty"`
+	// AnonymizationConfig is _anonymizationConfig: the name of the
+	// configuration blob in the anonymization container; "" exports the data
+	// as it is. AnonymizationETag is the ETag KickOff validated (not the one
+	// the client sent, which may be empty): every work item and retry loads
+	// exactly that version (Anonymizers.Load).
+	AnonymizationConfig string `json:"anonymizationConfig,omitempty"`
+	AnonymizationETag   string `json:"anonymizationETag,omitempty"`
 }
 
 // JobState is what the job entity itself records. The status a client sees is

@@ -79,6 +79,13 @@ type Blobs interface {
 	// and nothing else, until ttl has passed (EXPORT_DOWNLOADS=sas). It does
 	// not check that the blob exists.
 	ReadURL(ctx context.Context, container, blob string, ttl time.Duration) (string, error)
+	// ReadSmall reads a whole small blob (an anonymization configuration)
+	// and returns it with its ETag. ifMatch, when not "", must be the blob's
+	// ETag. Errors name the container or blob, and carry no storage response
+	// text, so a caller may show them to a client: fault.NotFound for a
+	// missing container or blob, fault.Conflict when the ETag differs,
+	// fault.Invalid when the blob is larger than max bytes.
+	ReadSmall(ctx context.Context, container, blob, ifMatch string, max int64) ([]byte, string, error)
 }
 
 // MaxBlocksPerBlob is the most committed blocks a blob can hold (Azure's

@@ -179,6 +179,14 @@ const (
 	paramPatient      = "patient"
 
 	paramAllowPartialManifests = "allowPartialManifests"
+
+	// De-identified export, with Azure's names: a configuration blob in the
+	// anonymization container and, optionally, the ETag it must have.
+	paramAnonymizationConfig     = "_anonymizationConfig"
+	paramAnonymizationConfigEtag = "_anonymizationConfigEtag"
+	// Azure's configuration in a container registry image, which this
+	// server does not read (see buildRequest).
+	paramAnonymizationCollection = "_anonymizationConfigCollectionReference"
 )
 
 // maxPatients caps the patient parameter: the ids are kept in the job's
@@ -207,6 +215,12 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 		name := p.name
 		if name == "" {
 			name = "(empty name)"
+		}
+		if name == paramAnonymizationCollection {
+			// Refused even under handling=lenient: ignoring it would export
+			// data that is not de-identified to a client that asked for it.
+			return req, invalid("not-supported", "parameter %s is not supported: configurations in a container registry cannot be read here; "+
+				"upload the configuration to the anonymization container of the export account and name it in %s", name, paramAnonymizationConfig)
 		}
 		if !lenient {
 			return req, invalid("not-supported", "parameter %s is not supported (send Prefer: handling=lenient to have it ignored)", clip(name))
@@ -329,8 +343,53 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 	if req.Container == "" {
 		return req, invalid("required", "_container is required: this server has no default output container")
 	}
+	if err := parseAnonymization(byName, &req); err != nil {
+		return req, err
+	}
 	return req, nil
 }
+
+// maxBlobName is Azure's longest blob name.
+const maxBlobName = 1024
+
+// parseAnonymization reads _anonymizationConfig and _anonymizationConfigEtag.
+// The engine reads and validates the configuration itself; here the name is
+// only kept to a plain blob name, as Azure refuses path traversal. An ETag
+// without quotes (as the portal shows it) is quoted, as Azure's server does,
+// so that it compares equal to the one storage sends.
+func parseAnonymization(byName map[string][]param, req *export.Request) error {
+	name, hasName, err := single(byName[paramAnonymizationConfig])
+	if err != nil {
+		return err
+	}
+	etag, hasETag, err := single(byName[paramAnonymizationConfigEtag])
+	if err != nil {
+		return err
+	}
+	if hasETag && !hasName {
+		return invalid("required", "_anonymizationConfigEtag is given without _anonymizationConfig, the configuration it pins")
+	}
+	if !hasName {
+		return nil
+	}
+	if len(name) > maxBlobName || strings.HasPrefix(name, "/") || strings.ContainsAny(name, "\\") ||
+		slices.Contains(strings.Split(name, "/"), "..") || strings.ContainsFunc(name, isControl) {
+		return invalid("value", "_anonymizationConfig %q is not a plain blob name (at most %d characters, no leading /, no .. segment, no backslash or control character)", clip(name), maxBlobName)
+	}
+	req.AnonymizationConfig = name
+	if hasETag {
+		if strings.ContainsFunc(etag, isControl) || strings.Contains(strings.Trim(etag, `"`), `"`) {
+			return invalid("value", "_anonymizationConfigEtag %q is not an ETag", clip(etag))
+		}
+		if !strings.HasPrefix(etag, `"`) {
+			etag = `"` + etag + `"`
+		}
+		req.AnonymizationETag = etag
+	}
+	return nil
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
 // parsePatients reads the patient parameter: one "Patient/<id>"
 // valueReference per patient, in a POST body, at Patient or Group level. It

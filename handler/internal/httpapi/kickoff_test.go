@@ -120,6 +120,22 @@ func TestKickOffRejectsBadInput(t *testing.T) {
 		{name: "POST 1001 patients", method: "POST", target: "/Group/g1/$export", header: hdr("Content-Type", fhirJSON), body: patientBody(patientRefs(1001)...), want: 400, wantDiag: "1000", wantCode: "too-long"},
 		{name: "POST bad _type in body", method: "POST", target: "/$export", header: hdr("Content-Type", "application/json"), body: `{"resourceType":"Parameters","parameter":[{"name":"_type","valueString":"Nope"}]}`, want: 400, wantDiag: "Nope"},
 		{name: "POST body too large", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON), body: bigBody, want: 413},
+		{name: "anonymization ETag without config", target: "/$export?_anonymizationConfigEtag=0x8D1", want: 400, wantDiag: "_anonymizationConfigEtag is given without _anonymizationConfig", wantCode: "required"},
+		{name: "anonymization ETag without config, POST", method: "POST", target: "/Group/g1/$export", header: hdr("Content-Type", fhirJSON),
+			body: `{"resourceType":"Parameters","parameter":[{"name":"_anonymizationConfigEtag","valueString":"0x8D1"}]}`, want: 400, wantDiag: "without _anonymizationConfig"},
+		{name: "anonymization config with .. segment", target: "/$export?_anonymizationConfig=configs/../../secrets.json", want: 400, wantDiag: "not a plain blob name", wantCode: "value"},
+		{name: "anonymization config ..", target: "/Patient/$export?_anonymizationConfig=..", want: 400, wantDiag: "not a plain blob name"},
+		{name: "anonymization config leading slash", target: "/$export?_anonymizationConfig=/deid.json", want: 400, wantDiag: "not a plain blob name"},
+		{name: "anonymization config backslash", target: "/$export?_anonymizationConfig=a%5C..%5Cb.json", want: 400, wantDiag: "not a plain blob name"},
+		{name: "anonymization config too long", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON),
+			body: `{"resourceType":"Parameters","parameter":[{"name":"_anonymizationConfig","valueString":"` + strings.Repeat("a", 1025) + `"}]}`, want: 400, wantDiag: "1024"},
+		{name: "anonymization config empty", target: "/$export?_anonymizationConfig=", want: 400, wantDiag: "_anonymizationConfig"},
+		{name: "anonymization config twice, different", target: "/$export?_anonymizationConfig=a.json&_anonymizationConfig=b.json", want: 400, wantDiag: "_anonymizationConfig"},
+		{name: "anonymization config as boolean", method: "POST", target: "/$export", header: hdr("Content-Type", fhirJSON),
+			body: `{"resourceType":"Parameters","parameter":[{"name":"_anonymizationConfig","valueBoolean":true}]}`, want: 400, wantDiag: "_anonymizationConfig"},
+		{name: "anonymization collection reference, lenient", target: "/$export?_anonymizationConfig=a.json&_anonymizationConfigCollectionReference=myacr.azurecr.io/deid:v1",
+			header: hdr("Prefer", "respond-async, handling=lenient"), want: 400, wantDiag: "_anonymizationConfigCollectionReference is not supported", wantCode: "not-supported"},
+		{name: "anonymization ETag with a quote inside", target: "/$export?_anonymizationConfig=a.json&_anonymizationConfigEtag=0x%228D", want: 400, wantDiag: "_anonymizationConfigEtag"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -433,6 +449,34 @@ func TestKickOffRequest(t *testing.T) {
 					r.Patients = append(r.Patients, fmt.Sprintf("p%04d", i))
 				}
 				r.RequestURL = "http://example.com/Patient/$export"
+			})},
+		{name: "anonymization config at system level, with every other parameter", target: "/$export?_anonymizationConfig=configs/hipaa.json&_type=Patient&_since=2020-01-01T00:00:00%2B01:00&_elements=id&allowPartialManifests=true",
+			want: with(func(r *export.Request) {
+				r.AnonymizationConfig = "configs/hipaa.json"
+				r.Types = []string{"Patient"}
+				r.Since = &since
+				r.Elements = []string{"id"}
+				r.AllowPartialManifests = true
+				r.RequestURL = "http://example.com/$export?_anonymizationConfig=configs/hipaa.json&_type=Patient&_since=2020-01-01T00:00:00%2B01:00&_elements=id&allowPartialManifests=true"
+			})},
+		{name: "anonymization config and ETag at Patient level: the ETag is quoted", target: "/Patient/$export?_anonymizationConfig=deid.json&_anonymizationConfigEtag=0x8DC1234567890AB",
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelPatient
+				r.AnonymizationConfig = "deid.json"
+				r.AnonymizationETag = `"0x8DC1234567890AB"`
+				r.RequestURL = "http://example.com/Patient/$export?_anonymizationConfig=deid.json&_anonymizationConfigEtag=0x8DC1234567890AB"
+			})},
+		{name: "POST anonymization config at Group level with patient and a quoted ETag", method: "POST", target: "/Group/g1/$export",
+			header: hdr("Content-Type", fhirJSON),
+			body: `{"resourceType":"Parameters","parameter":[{"name":"_anonymizationConfig","valueString":"a b/deid.json"},` +
+				`{"name":"_anonymizationConfigEtag","valueString":"\"0x8DC1\""},{"name":"patient","valueReference":{"reference":"Patient/p1"}}]}`,
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelGroup
+				r.GroupID = "g1"
+				r.Patients = []string{"p1"}
+				r.AnonymizationConfig = "a b/deid.json"
+				r.AnonymizationETag = `"0x8DC1"`
+				r.RequestURL = "http://example.com/Group/g1/$export"
 			})},
 		{name: "POST Parameters without parameters", method: "POST", target: "/$export",
 			header: hdr("Content-Type", fhirJSON), body: `{"resourceType":"Parameters"}`,

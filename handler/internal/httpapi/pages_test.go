@@ -306,7 +306,8 @@ func TestCapabilityStatementListsExactlyTheAcceptedParameters(t *testing.T) {
 		docs[path] = r.Operation[0].Documentation
 	}
 	candidates := []string{"_outputFormat", "_since", "_until", "_type", "_elements", "patient", "includeAssociatedData",
-		"_typeFilter", "organizeOutputBy", "allowPartialManifests", "_container", "_count", "foo"}
+		"_typeFilter", "organizeOutputBy", "allowPartialManifests", "_container", "_count", "foo",
+		"_anonymizationConfig", "_anonymizationConfigEtag", "_anonymizationConfigCollectionReference"}
 	for path, doc := range docs {
 		var accepted []string
 		for _, name := range candidates {

@@ -29,6 +29,8 @@ var kickOffParams = []kickOffParam{
 	{name: paramTypeFilter},
 	{name: paramAllowPartialManifests},
 	{name: paramContainer},
+	{name: paramAnonymizationConfig},
+	{name: paramAnonymizationConfigEtag},
 }
 
 // knownParam reports whether name is one of kickOffParams. The parser takes

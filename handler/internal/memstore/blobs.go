@@ -141,6 +141,28 @@ func (b *Blobs) Open(ctx context.Context, container, name string) (io.ReadCloser
 	return io.NopCloser(bytes.NewReader(content)), int64(len(content)), nil
 }
 
+// ReadSmall returns the committed content and ETag of a blob of at most max
+// bytes, with the errors export.Blobs.ReadSmall promises.
+func (b *Blobs) ReadSmall(ctx context.Context, container, name, ifMatch string, max int64) ([]byte, string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.containers[container] == nil {
+		return nil, "", fault.New(fault.NotFound, "container %q does not exist", container)
+	}
+	bl, err := b.blob(container, name, false)
+	if err != nil {
+		return nil, "", fault.New(fault.NotFound, "blob %q does not exist in container %q", name, container)
+	}
+	if ifMatch != "" && ifMatch != bl.etag {
+		return nil, "", fault.New(fault.Conflict, "blob %q in container %q does not have ETag %s: it has changed", name, container, ifMatch)
+	}
+	content := bytes.Join(bl.committed, nil)
+	if int64(len(content)) > max {
+		return nil, "", fault.New(fault.Invalid, "blob %q in container %q is %d bytes, more than the %d allowed", name, container, len(content), max)
+	}
+	return content, bl.etag, nil
+}
+
 // ReadURL returns memory://<container>/<blob>?ttl=<ttl>: nothing can fetch
 // it, but a test sees which blob and lifetime the engine asked for. Like a
 // SAS, it is made without looking at the blob.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/azfhir/bulkexport/handler/internal/export"
@@ -39,6 +40,7 @@ func RunBlobs(t *testing.T, newBlobs func(t *testing.T) (Blobs, string)) {
 		{"Delete", testDelete},
 		{"DeletePrefix", testDeletePrefix},
 		{"ConditionalCommitFencesStaleWriters", testConditionalCommit},
+		{"ReadSmall", testReadSmall},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -262,5 +264,52 @@ func testConditionalCommit(t *testing.T, b Blobs, container string) {
 	wantNDJSON(t, b, container, name)
 	if repaired == second {
 		t.Error("the repair commit did not change the ETag")
+	}
+}
+
+// testReadSmall checks the read an anonymization configuration takes: the
+// content with the ETag a later If-Match pins, and errors that tell a missing
+// container from a missing blob, a changed blob and one too large.
+func testReadSmall(t *testing.T, b Blobs, container string) {
+	ctx := t.Context()
+	const name = "configs/deid.json"
+	_, _, err := b.ReadSmall(ctx, container, name, "", 1<<20)
+	wantKind(t, err, fault.NotFound, "ReadSmall in a missing container")
+	if err != nil && !strings.Contains(err.Error(), "container") {
+		t.Errorf("ReadSmall in a missing container: %q does not say the container is missing", err)
+	}
+	mustOK(t, b.EnsureContainer(ctx, container), "EnsureContainer")
+	_, _, err = b.ReadSmall(ctx, container, name, "", 1<<20)
+	wantKind(t, err, fault.NotFound, "ReadSmall of a missing blob")
+	if err != nil && !strings.Contains(err.Error(), name) {
+		t.Errorf("ReadSmall of a missing blob: %q does not name the blob", err)
+	}
+
+	stage(t, b, container, name, "v1", 0, 1)
+	first, err := b.CommitBlocks(ctx, container, name, 2, export.Condition{})
+	mustOK(t, err, "CommitBlocks(2)")
+	want := concat(block(0, "v1"), block(1, "v1"))
+	got, etag, err := b.ReadSmall(ctx, container, name, "", int64(len(want)))
+	mustOK(t, err, "ReadSmall of exactly max bytes")
+	if string(got) != want || etag != first {
+		t.Fatalf("ReadSmall = %q, ETag %s; want %q, ETag %s (the commit's)", got, etag, want, first)
+	}
+	got, _, err = b.ReadSmall(ctx, container, name, first, 1<<20)
+	mustOK(t, err, "ReadSmall If-Match the current ETag")
+	if string(got) != want {
+		t.Fatalf("ReadSmall If-Match = %q, want %q", got, want)
+	}
+	_, _, err = b.ReadSmall(ctx, container, name, "", int64(len(want))-1)
+	wantKind(t, err, fault.Invalid, "ReadSmall of a blob larger than max")
+
+	stage(t, b, container, name, "v2", 0)
+	second, err := b.CommitBlocks(ctx, container, name, 1, export.Condition{})
+	mustOK(t, err, "CommitBlocks of a new version")
+	_, _, err = b.ReadSmall(ctx, container, name, first, 1<<20)
+	wantKind(t, err, fault.Conflict, "ReadSmall If-Match the ETag of an older version")
+	got, etag, err = b.ReadSmall(ctx, container, name, second, 1<<20)
+	mustOK(t, err, "ReadSmall If-Match the new ETag")
+	if string(got) != string(block(0, "v2")) || etag != second {
+		t.Fatalf("ReadSmall of the new version = %q, ETag %s; want %q, ETag %s", got, etag, block(0, "v2"), second)
 	}
 }

@@ -71,6 +71,9 @@ func sampleJob(id string) *export.Job {
 			Patients:     maxPatients(),
 			// Partial manifests change what status polls answer.
 			AllowPartialManifests: true,
+			// Every work item loads exactly this configuration version.
+			AnonymizationConfig: "configs/hipaa-r4.json",
+			AnonymizationETag:   `"0x8DC1234567890AB"`,
 		},
 		TransactionTime: t0,
 		CreatedAt:       t0.Add(time.Second),
