@@ -33,6 +33,7 @@ import (
 	"github.com/azfhir/bulkexport/handler/internal/auth"
 	"github.com/azfhir/bulkexport/handler/internal/azstore"
 	"github.com/azfhir/bulkexport/handler/internal/config"
+	"github.com/azfhir/bulkexport/handler/internal/deidconfig"
 	"github.com/azfhir/bulkexport/handler/internal/export"
 	"github.com/azfhir/bulkexport/handler/internal/fhir"
 	"github.com/azfhir/bulkexport/handler/internal/fhirsource"
@@ -141,7 +142,7 @@ func run(log zerolog.Logger, args []string) error {
 			defer close(workersDone)
 			queueworker.Run(stopping, app.receiver, app.engine, queueworker.Options{
 				Workers: cfg.Workers, MaxDequeueCount: cfg.MaxDequeueCount, RetryDelay: cfg.VisibilityTimeout,
-				Visibility: cfg.RunningVisibility, Grace: cfg.ShutdownGrace,
+				Visibility: cfg.RunningVisibility, Grace: cfg.ShutdownGrace, Wake: app.wake,
 			})
 		}()
 	} else {
@@ -177,6 +178,7 @@ type app struct {
 	handler  http.Handler
 	engine   *export.Engine
 	receiver queueworker.Receiver // standalone mode only
+	wake     <-chan struct{}      // standalone mode only: this process enqueued work
 }
 
 // wire builds the adapters and the engine from the configuration.
@@ -235,7 +237,13 @@ func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode strin
 	if err != nil {
 		return nil, err
 	}
-	engine := export.New(account.Store(), account.Queue(), blobs, source, set, nil)
+	// De-identification configurations live in the export destination
+	// account, as in Azure, next to the files they shape.
+	set.Anonymizers = deidconfig.New(blobs, cfg.AnonymizationContainer)
+	// In the standalone mode the engine's enqueues wake this process's queue
+	// loop (a no-op under the Functions host, which polls by itself).
+	queue := queueworker.NewNotifier(account.Queue())
+	engine := export.New(account.Store(), queue, blobs, source, set, nil)
 
 	verifier, err := auth.New(cfg.AuthConfig())
 	if err != nil {
@@ -274,7 +282,7 @@ func wire(ctx context.Context, cfg config.Config, log zerolog.Logger, mode strin
 		}
 		a.handler = funchost.New(api, engine, maxDequeue, ctx.Done())
 	} else {
-		a.receiver = account.Queue()
+		a.receiver, a.wake = account.Queue(), queue.Wake()
 	}
 	return a, nil
 }

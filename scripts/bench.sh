@@ -7,12 +7,15 @@
 # ids) and served by $DIST/fhir-sample, exported by a fresh `$DIST/handler
 # serve` (EXPORT_WORKERS=4) over one Azurite with $DIST/bulk-client:
 #   a  BENCH_RUNS (3) system exports of 100 patients (10 copies), no delay;
-#   b  60 patients (6 copies; Observation 15,000+ resources) behind a
-#      200 ms delay on every search, EXPORT_PAGE_SIZE=100, with windows off
-#      (EXPORT_WINDOW_RESOURCES=0) and on (2000), in the same run; both with
-#      EXPORT_WORKERS and EXPORT_SOURCE_CONCURRENCY at BENCH_B_WORKERS (16),
-#      so that windows have workers to run on (with 4, the whole export is
-#      at least 250 pages x 200 ms / 4 = 12.5 s, windows or not);
+#   b  120 patients (12 copies; Observation 16,428 resources: issue 10 asks
+#      for a type of at least 15,000) behind a 200 ms delay on every search,
+#      EXPORT_PAGE_SIZE=100, with windows off (EXPORT_WINDOW_RESOURCES=0) and
+#      on (2000), in the same run; both with EXPORT_WORKERS at BENCH_B_WORKERS
+#      (48: more than the 41 items, so every window runs at once; with 4 the
+#      whole export is at least 500 pages x 200 ms / 4 = 25 s, windows or
+#      not), and
+#      EXPORT_SOURCE_CONCURRENCY at twice that, since each item has two
+#      requests open while it reads a page ahead;
 #   c  one system export of 1,000 patients (100 copies, about 540 MB) with
 #      the default page, block and file sizes (64 MiB files).
 # Each export prints resources, bytes, kick-off -> manifest, kick-off -> last
@@ -24,7 +27,7 @@
 #
 # Environment: BENCH_SCENARIOS, BENCH_RUNS, BENCH_GO=0 to skip the Go
 # benchmarks, BENCH_B_DELAY (200ms), BENCH_B_WINDOW (2000), BENCH_B_WORKERS
-# (16), BENCH_C_COPIES
+# (48), BENCH_B_COPIES (12), BENCH_C_COPIES
 # (100), DIST (dist), BENCH_RUN_DIR (.run: data sets, exports, logs),
 # BENCH_FHIR_ADDR, BENCH_HANDLER_ADDR, AZURITE_BLOB_PORT (QUEUE and TABLE
 # follow it) and AZURITE_PIDFILE; the addresses default to the first free
@@ -41,7 +44,8 @@ scenarios=${BENCH_SCENARIOS:-a b c}
 runs=${BENCH_RUNS:-3}
 b_delay=${BENCH_B_DELAY:-200ms}
 b_window=${BENCH_B_WINDOW:-2000}
-b_workers=${BENCH_B_WORKERS:-16}
+b_workers=${BENCH_B_WORKERS:-48}
+b_copies=${BENCH_B_COPIES:-12}
 c_copies=${BENCH_C_COPIES:-100}
 export AZURITE_PIDFILE=${AZURITE_PIDFILE:-$run/azurite-bench.pid}
 
@@ -235,14 +239,14 @@ for scenario in $scenarios; do
 		for r in $(seq 1 "$runs"); do export_once "a/$r" "$data"; done
 		;;
 	b)
-		echo "== (b) 60 patients (6 copies), $b_delay per search, EXPORT_PAGE_SIZE=100, $b_workers workers and source requests: windows off, then EXPORT_WINDOW_RESOURCES=$b_window"
-		data=$(dataset b 6)
+		echo "== (b) $((b_copies * 10)) patients ($b_copies copies), $b_delay per search, EXPORT_PAGE_SIZE=100, $b_workers workers, $((2 * b_workers)) source requests: windows off, then EXPORT_WINDOW_RESOURCES=$b_window"
+		data=$(dataset b "$b_copies")
 		start_source "$data" -search-delay "$b_delay"
 		header
-		start_handler EXPORT_PAGE_SIZE=100 EXPORT_WORKERS="$b_workers" EXPORT_SOURCE_CONCURRENCY="$b_workers" EXPORT_WINDOW_RESOURCES=0
+		start_handler EXPORT_PAGE_SIZE=100 EXPORT_WORKERS="$b_workers" EXPORT_SOURCE_CONCURRENCY="$((2 * b_workers))" EXPORT_WINDOW_RESOURCES=0
 		export_once "b/off" "$data"
 		stop_pid "$handler_pid"
-		start_handler EXPORT_PAGE_SIZE=100 EXPORT_WORKERS="$b_workers" EXPORT_SOURCE_CONCURRENCY="$b_workers" EXPORT_WINDOW_RESOURCES="$b_window"
+		start_handler EXPORT_PAGE_SIZE=100 EXPORT_WORKERS="$b_workers" EXPORT_SOURCE_CONCURRENCY="$((2 * b_workers))" EXPORT_WINDOW_RESOURCES="$b_window"
 		export_once "b/$b_window" "$data"
 		;;
 	c)

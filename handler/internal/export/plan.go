@@ -59,7 +59,7 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 	// A plan that recorded its items and died before it was done is run
 	// again: it creates exactly the recorded items.
 	recorded := len(item.Planned) > 0
-	var planned []PlannedItem
+	var toPlan []typeToPlan
 	for _, t := range types {
 		var params []string
 		if job.Request.Level != LevelSystem {
@@ -72,37 +72,23 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 				continue
 			}
 		}
-		if recorded {
-			continue // an earlier run of this plan decided the items: create those
-		}
-		n, err := e.source.Count(ctx, t, boundsQuery(job).Encode())
-		if err != nil {
-			return fmt.Errorf("count %s on the source: %w", t, err)
-		}
-		if n == 0 {
-			continue
-		}
-		windows, err := e.planWindows(ctx, job, t, n, params, func() error { return e.record(ctx, item) })
-		if err != nil {
-			return err
-		}
-		if windows == nil {
-			planned = append(planned, PlannedItem{ID: t, Type: t, Expected: n, Params: params})
-			continue
-		}
-		planned = append(planned, windows...)
-		// Splitting took count requests: renew the plan's lease (the
-		// items are not recorded yet, so a crash now plans afresh).
-		if err := e.record(ctx, item); err != nil {
-			return err
-		}
+		toPlan = append(toPlan, typeToPlan{Type: t, Params: params})
 	}
 	// Record the items before creating any, so that a plan run again after
-	// a crash creates the same ones (windows depend on counts that change).
-	if !recorded && len(planned) > 0 {
-		item.Planned = planned
-		if err := e.record(ctx, item); err != nil {
+	// a crash creates the same ones (windows depend on counts that change);
+	// an earlier run of this plan that recorded them decided the items.
+	if !recorded && len(toPlan) > 0 {
+		// The types are counted, and split into windows (windows.go), at
+		// once; the lease is renewed while that takes long.
+		planned, err := e.planItems(ctx, job, toPlan, func() error { return e.record(ctx, item) })
+		if err != nil {
 			return err
+		}
+		if len(planned) > 0 {
+			item.Planned = planned
+			if err := e.record(ctx, item); err != nil {
+				return err
+			}
 		}
 	}
 	for _, p := range item.Planned {
@@ -121,16 +107,19 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 	}
 	work, warnings = append(work, deleted...), append(warnings, notListed...)
 
+	// The anonymization configuration's warnings (anonymize_write.go); a
+	// configuration that changed since kick-off fails the job here.
+	deidWarnings, err := e.anonymizationWarnings(ctx, job, warnings)
+	if err != nil {
+		return err
+	}
+	warnings = append(warnings, deidWarnings...)
+
 	if err := e.writeWarnings(ctx, job, item, warnings); err != nil {
 		return err
 	}
-	for _, w := range work {
-		if err := e.store.CreateItem(ctx, w); err != nil && !fault.Is(err, fault.Conflict) {
-			return fmt.Errorf("record work item %s: %w", w.ID, err)
-		}
-		if err := e.queue.Enqueue(ctx, Message{Job: job.ID, Item: w.ID}); err != nil {
-			return fmt.Errorf("enqueue work item %s: %w", w.ID, err)
-		}
+	if err := e.startItems(ctx, job, work); err != nil {
+		return err
 	}
 	item.State = ItemDone
 	if exact {

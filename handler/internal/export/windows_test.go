@@ -243,12 +243,16 @@ func TestASourceThatCannotCountRangesGetsOneItemPerType(t *testing.T) {
 // recorded its items and before it created them.
 type createOnceFails struct {
 	Store
+	mu     sync.Mutex // the plan creates items at once
 	failed bool
 }
 
 func (s *createOnceFails) CreateItem(ctx context.Context, it *WorkItem) error {
-	if !s.failed && it.ID != PlanItemID {
-		s.failed = true
+	s.mu.Lock()
+	fail := !s.failed && it.ID != PlanItemID
+	s.failed = s.failed || fail
+	s.mu.Unlock()
+	if fail {
 		return fault.New(fault.Transient, "table storage timed out")
 	}
 	return s.Store.CreateItem(ctx, it)

@@ -90,8 +90,10 @@ func (s *server) inProgressHeaders(w http.ResponseWriter, st *export.Status) {
 // integer percentage below 100, because clients read the leading integer as
 // one (the SMART bulk-data-client does, and takes 100 or more as done), then
 // says what it counts: "43% (16,531 of 38,483 resources)" when the source's
-// counts are exact, else "43% (estimated; 16,531 resources, 3 of 7 types
-// done)". It is at most about 90 characters, under the IG's 100.
+// counts are exact, else "43% (estimated; 16,531 resources, 3 of 7 work
+// items done)": work items, not types, since a large type is split into
+// windows (one item each) and a _since export has an item per type for its
+// deletions. It is at most about 90 characters, under the IG's 100.
 func progressHeader(st *export.Status) string {
 	pct := min(max(st.Percent, 0), 99)
 	switch {
@@ -100,7 +102,7 @@ func progressHeader(st *export.Status) string {
 	case st.TotalKnown:
 		return fmt.Sprintf("%d%% (%s of %s resources)", pct, groupThousands(st.Done), groupThousands(st.Total))
 	default:
-		return fmt.Sprintf("%d%% (estimated; %s resources, %d of %d types done)", pct, groupThousands(st.Done), st.ItemsDone, st.ItemsTotal)
+		return fmt.Sprintf("%d%% (estimated; %s resources, %d of %d work items done)", pct, groupThousands(st.Done), st.ItemsDone, st.ItemsTotal)
 	}
 }
 

@@ -48,7 +48,37 @@ type Options struct {
 	Visibility      time.Duration // visibility while running, renewed at half-time [2m]
 	PollInterval    time.Duration // wait when the queue is empty [1s]
 	Grace           time.Duration // after Run's ctx ends, how long messages in flight may run before their work is cancelled [DefaultGrace]
+	// Wake, when set, ends an idle wait at once (Notifier.Wake: a message
+	// was enqueued by this process).
+	Wake <-chan struct{}
 }
+
+// Notifier is the engine's work queue in the standalone mode: each message
+// it enqueues (a kick-off's plan item, the items a plan creates) also wakes
+// the loop of this process, so that the work starts within a receive round
+// trip instead of up to a PollInterval later.
+type Notifier struct {
+	export.Queue
+	wake chan struct{}
+}
+
+// NewNotifier wraps q.
+func NewNotifier(q export.Queue) *Notifier { return &Notifier{Queue: q, wake: make(chan struct{}, 1)} }
+
+// Enqueue enqueues msg, then wakes the loop.
+func (n *Notifier) Enqueue(ctx context.Context, msg export.Message) error {
+	if err := n.Queue.Enqueue(ctx, msg); err != nil {
+		return err
+	}
+	select {
+	case n.wake <- struct{}{}:
+	default: // the loop has been told already
+	}
+	return nil
+}
+
+// Wake is what Options.Wake takes.
+func (n *Notifier) Wake() <-chan struct{} { return n.wake }
 
 // DefaultGrace is the default of Options.Grace and of EXPORT_SHUTDOWN_GRACE:
 // time for a page in flight to end and its checkpoint to be written.
@@ -93,6 +123,11 @@ func Run(ctx context.Context, q Receiver, p Processor, o Options) {
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
 	slots := make(chan struct{}, o.Workers)
+	// A message that ends may have enqueued more (the plan enqueues every
+	// work item of the job at its end): an idle loop looks again at once
+	// instead of after the rest of its PollInterval, so the items start
+	// within a receive round trip, not up to a PollInterval late.
+	ended := make(chan struct{}, 1)
 	var wg sync.WaitGroup
 	for ctx.Err() == nil {
 		free := o.Workers - len(slots)
@@ -120,7 +155,7 @@ func Run(ctx context.Context, q Receiver, p Processor, o Options) {
 			continue
 		}
 		if len(batch) == 0 {
-			sleep(ctx, o.PollInterval)
+			idle(ctx, o.PollInterval, ended, o.Wake)
 			continue
 		}
 		if ctx.Err() != nil {
@@ -134,6 +169,10 @@ func Run(ctx context.Context, q Receiver, p Processor, o Options) {
 				defer wg.Done()
 				defer func() { <-slots }()
 				handle(work, ctx.Done(), q, p, o, d)
+				select {
+				case ended <- struct{}{}:
+				default: // the loop has been told already
+				}
 			}()
 		}
 	}
@@ -247,6 +286,19 @@ func keepInvisible(ctx context.Context, q Receiver, d *Delivery, visibility time
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// idle waits d, or less when a message ends (see Run) or wake fires (a nil
+// wake never does).
+func idle(ctx context.Context, d time.Duration, ended, wake <-chan struct{}) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-ended:
+	case <-wake:
+	case <-t.C:
+	}
 }
 
 func sleep(ctx context.Context, d time.Duration) {

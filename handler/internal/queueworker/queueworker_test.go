@@ -183,3 +183,106 @@ func TestWorkStillRunningAfterTheGraceIsCancelledAndGivenBack(t *testing.T) {
 		t.Fatalf("after the cancelled delivery: %+v, %v; want the message visible at once for its second delivery", ds, err)
 	}
 }
+
+// emptyNoted tells, once, that a receive found the queue empty: the loop is
+// then idle until its poll interval is over or something wakes it.
+type emptyNoted struct {
+	*memstore.Queue
+	once  sync.Once
+	empty chan struct{}
+}
+
+func (q *emptyNoted) Receive(ctx context.Context, max int, visibility time.Duration) ([]queueworker.Delivery, error) {
+	ds, err := q.Queue.Receive(ctx, max, visibility)
+	if err == nil && len(ds) == 0 {
+		q.once.Do(func() { close(q.empty) })
+	}
+	return ds, err
+}
+
+// planning enqueues the job's items when its "plan" message runs, after the
+// loop has gone idle, and reports every item it runs.
+type planning struct {
+	q   *emptyNoted
+	ran chan string
+}
+
+func (p *planning) Process(ctx context.Context, msg export.Message, at export.Attempt) export.Outcome {
+	if msg.Item == "plan" {
+		select {
+		case <-p.q.empty:
+		case <-time.After(10 * time.Second):
+			return export.GiveUp(fault.New(fault.Permanent, "the loop never found the queue empty"))
+		}
+		for _, item := range []string{"Observation.w0001", "Observation.w0002"} {
+			if err := p.q.Enqueue(ctx, export.Message{Job: msg.Job, Item: item}); err != nil {
+				return export.RetryLater(err)
+			}
+		}
+	}
+	p.ran <- msg.Item
+	return export.Done()
+}
+
+// The items a plan enqueues start when the plan ends, not a poll interval
+// later: with an hour-long interval they would otherwise wait an hour (the
+// guard fails the test instead).
+func TestItemsEnqueuedByAMessageStartWhenItEnds(t *testing.T) {
+	q := &emptyNoted{Queue: memstore.NewQueue(nil), empty: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := q.Enqueue(ctx, export.Message{Job: "j", Item: "plan"}); err != nil {
+		t.Fatal(err)
+	}
+	p := &planning{q: q, ran: make(chan string, 3)}
+	done := make(chan struct{})
+	go func() {
+		queueworker.Run(ctx, q, p, queueworker.Options{Workers: 4, PollInterval: time.Hour, Grace: time.Second})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	var ran []string
+	guard := time.After(10 * time.Second)
+	for len(ran) < 3 {
+		select {
+		case item := <-p.ran:
+			ran = append(ran, item)
+		case <-guard:
+			t.Fatalf("ran %v; the items the plan enqueued did not start when it ended", ran)
+		}
+	}
+	if ran[0] != "plan" {
+		t.Errorf("ran %v, want the plan first", ran)
+	}
+}
+
+// A kick-off enqueues its plan item through the Notifier: the idle loop
+// starts it at once, not a poll interval (here an hour) later.
+func TestAMessageEnqueuedThroughTheNotifierStartsAtOnce(t *testing.T) {
+	q := &emptyNoted{Queue: memstore.NewQueue(nil), empty: make(chan struct{})}
+	n := queueworker.NewNotifier(q)
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &planning{q: q, ran: make(chan string, 1)}
+	done := make(chan struct{})
+	go func() {
+		queueworker.Run(ctx, q, p, queueworker.Options{Workers: 2, PollInterval: time.Hour, Grace: time.Second, Wake: n.Wake()})
+		close(done)
+	}()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-q.empty: // the loop is idle now
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop never found the queue empty")
+	}
+	if err := n.Enqueue(ctx, export.Message{Job: "j", Item: "Patient"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case item := <-p.ran:
+		if item != "Patient" {
+			t.Errorf("ran %s, want Patient", item)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a message enqueued through the Notifier did not start while the loop was idle")
+	}
+}
