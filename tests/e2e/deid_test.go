@@ -400,7 +400,10 @@ func TestDeidentifiedExportSurvivesSIGKILL(t *testing.T) {
 	p := newProcess(t, fhirURL, "EXPORT_ANONYMIZATION_CONTAINER="+anonContainer,
 		"EXPORT_PAGE_SIZE=10", "EXPORT_MAX_FILE_BYTES="+strconv.Itoa(limit), "EXPORT_BLOCK_BYTES=20000",
 		"EXPORT_LEASE=3s", "EXPORT_VISIBILITY=4s", "EXPORT_RETRY_DELAY=1s", "EXPORT_STALL_AFTER=30s",
-		"EXPORT_WORKERS=4", "EXPORT_MAX_DEQUEUE_COUNT=50")
+		"EXPORT_WORKERS=4", "EXPORT_MAX_DEQUEUE_COUNT=50",
+		// Windows on: the larger types are split into windows, each a work
+		// item of its own, so de-identification is checked with them too.
+		"EXPORT_WINDOW_RESOURCES=300")
 	client := &bulkclient.Client{Base: p.base(), MaxWait: 5 * time.Minute}
 	const path = "/$export?_anonymizationConfig=hipaa.json"
 
@@ -451,6 +454,9 @@ func TestDeidentifiedExportSurvivesSIGKILL(t *testing.T) {
 	}
 	if !slices.ContainsFunc(clean.Manifest.Output, func(f bulkclient.ManifestFile) bool { return strings.HasSuffix(f.URL, "-2.ndjson") }) {
 		t.Errorf("no type rolled over into a second file at %d bytes", limit)
+	}
+	if !slices.ContainsFunc(clean.Manifest.Output, func(f bulkclient.ManifestFile) bool { return strings.Contains(f.URL, "Observation-w0002-") }) {
+		t.Errorf("Observation was not split into windows at EXPORT_WINDOW_RESOURCES=300")
 	}
 	t.Logf("killed the handler %d times", done)
 }
