@@ -64,16 +64,9 @@ func (c *Client) HistoryURL(resourceType, id, query string) string {
 // or 501 (the source has no such history) is an error that matches
 // export.ErrNoHistory and keeps its fault kind.
 func (c *Client) HistoryPage(ctx context.Context, pageURL string, visit func(export.HistoryEntry) error) (string, error) {
-	page, err := url.Parse(pageURL)
-	if err != nil || !page.IsAbs() {
-		return "", fault.New(fault.Permanent, "the history page URL %q is not an absolute URL", pageURL)
-	}
-	if !sameOrigin(page, c.base) {
-		return "", fault.New(fault.Permanent, "the history page URL points at %s, not at the source FHIR server %s; it is not fetched so that the access token is never sent elsewhere",
-			originOf(page), originOf(c.base))
-	}
-	if !c.underBase(page) {
-		return "", fault.New(fault.Permanent, "the history page URL leaves the source's base path %s; it is not fetched", c.basePath())
+	page, err := c.checkPageURL(pageURL, "history page")
+	if err != nil {
+		return "", err
 	}
 	op := "GET " + page.EscapedPath()
 	var next string

@@ -36,16 +36,9 @@ import (
 // caller resumes from its last checkpoint (a page URL saved with the output it
 // had committed), so every entry is written once.
 func (c *Client) Page(ctx context.Context, pageURL string, visit func(export.Entry) error) (string, error) {
-	page, err := url.Parse(pageURL)
-	if err != nil || !page.IsAbs() {
-		return "", fault.New(fault.Permanent, "the page URL %q is not an absolute URL", pageURL)
-	}
-	if !sameOrigin(page, c.base) {
-		return "", fault.New(fault.Permanent, "the page URL points at %s, not at the source FHIR server %s; it is not fetched so that the access token is never sent elsewhere",
-			originOf(page), originOf(c.base))
-	}
-	if !c.underBase(page) {
-		return "", fault.New(fault.Permanent, "the page URL leaves the source's base path %s; it is not fetched", c.basePath())
+	page, err := c.checkPageURL(pageURL, "page")
+	if err != nil {
+		return "", err
 	}
 	op := "GET " + page.EscapedPath()
 	var next string
@@ -745,4 +738,22 @@ func (s *bundleScanner) literal(dst []byte, word string) ([]byte, error) {
 		}
 	}
 	return append(dst, word...), nil
+}
+
+// checkPageURL parses a page URL (what names it in errors) and refuses one
+// that is not absolute, points at another origin (the access token must
+// never be sent elsewhere) or leaves the source's base path.
+func (c *Client) checkPageURL(pageURL, what string) (*url.URL, error) {
+	page, err := url.Parse(pageURL)
+	if err != nil || !page.IsAbs() {
+		return nil, fault.New(fault.Permanent, "the %s URL %q is not an absolute URL", what, pageURL)
+	}
+	if !sameOrigin(page, c.base) {
+		return nil, fault.New(fault.Permanent, "the %s URL points at %s, not at the source FHIR server %s; it is not fetched so that the access token is never sent elsewhere",
+			what, originOf(page), originOf(c.base))
+	}
+	if !c.underBase(page) {
+		return nil, fault.New(fault.Permanent, "the %s URL leaves the source's base path %s; it is not fetched", what, c.basePath())
+	}
+	return page, nil
 }
