@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"math/rand/v2"
 	"net/url"
 	"os"
 	"regexp"
@@ -422,36 +421,13 @@ func TestDeidentifiedExportSurvivesSIGKILL(t *testing.T) {
 	}
 
 	src.SetSearchDelay(15 * time.Millisecond) // long enough to be killed many times mid-export
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 9))
-	done := 0
-	for done < kills {
-		statusURL, err := client.KickOff(ctx(t), path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for done < kills {
-			time.Sleep(time.Duration(100+rng.IntN(900)) * time.Millisecond)
-			if finished(t, statusURL) {
-				break
-			}
-			p.kill()
-			done++
-			p.start()
-		}
-		m, _, err := client.Wait(ctx(t), statusURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, errs, err := client.Download(ctx(t), m)
-		if err != nil {
-			t.Fatal(err) // Download checks count == lines and the type of every line
-		}
+	done, _ := exportsWithKills(t, p, client, path, kills, func(m bulkclient.Manifest, got map[string][][]byte, errs [][]byte) {
 		sameResources(t, got, want)
 		checkSizes(t, m, limit)
 		if len(errs) != 0 {
 			t.Errorf("%d error lines; want none", len(errs))
 		}
-	}
+	})
 	if !slices.ContainsFunc(clean.Manifest.Output, func(f bulkclient.ManifestFile) bool { return strings.HasSuffix(f.URL, "-2.ndjson") }) {
 		t.Errorf("no type rolled over into a second file at %d bytes", limit)
 	}

@@ -131,13 +131,25 @@ func sigkillTest(t *testing.T, extra ...string) {
 		"EXPORT_LEASE=3s", "EXPORT_VISIBILITY=4s", "EXPORT_RETRY_DELAY=1s", "EXPORT_STALL_AFTER=30s",
 		"EXPORT_WORKERS=4", "EXPORT_MAX_DEQUEUE_COUNT=50"}, extra...)...)
 	client := &bulkclient.Client{Base: p.base(), MaxWait: 5 * time.Minute}
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	want := fixture(t, nil)
-	done, exports := 0, 0
-	// Export after export until the handler has been killed often enough:
-	// how many kills fit in one export depends on the machine's speed.
+	done, exports := exportsWithKills(t, p, client, "/$export", kills, func(m bulkclient.Manifest, got map[string][][]byte, _ [][]byte) {
+		sameResources(t, got, want)
+		checkSizes(t, m, limit)
+	})
+	t.Logf("killed the handler %d times during %d exports", done, exports)
+}
+
+// exportsWithKills runs exports of path, export after export, killing the
+// handler with SIGKILL at random moments and restarting it, until it has
+// been killed kills times (how many kills fit in one export depends on the
+// machine's speed). It hands check each export's manifest, resources and
+// error lines, and returns the kills and the exports.
+func exportsWithKills(t *testing.T, p *process, client *bulkclient.Client, path string, kills int,
+	check func(m bulkclient.Manifest, got map[string][][]byte, errs [][]byte)) (done, exports int) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	for done < kills {
-		statusURL, err := client.KickOff(ctx(t), "/$export")
+		statusURL, err := client.KickOff(ctx(t), path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,14 +167,13 @@ func sigkillTest(t *testing.T, extra ...string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, _, err := client.Download(ctx(t), m)
+		got, errs, err := client.Download(ctx(t), m)
 		if err != nil {
 			t.Fatal(err) // Download checks count == lines and the type of every line
 		}
-		sameResources(t, got, want)
-		checkSizes(t, m, limit)
+		check(m, got, errs)
 	}
-	t.Logf("killed the handler %d times during %d exports", done, exports)
+	return done, exports
 }
 
 func finished(t *testing.T, statusURL string) bool {

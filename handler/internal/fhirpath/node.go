@@ -359,19 +359,9 @@ func (p *parser) member(n *Node, mark int, kb []byte, sawExt bool) error {
 					return err
 				}
 			}
-			p.ws()
-			if p.pos >= len(p.data) {
-				return p.errorf("unterminated array")
+			if end, err := p.afterItem(); end || err != nil {
+				return err
 			}
-			if p.data[p.pos] == ',' {
-				p.pos++
-				continue
-			}
-			if p.data[p.pos] == ']' {
-				p.pos++
-				return nil
-			}
-			return p.errorf("expected ',' or ']'")
 		}
 	}
 	if len(pending) > 0 {
@@ -486,19 +476,9 @@ func (p *parser) primitiveExt(n *Node, mark int, name string) error {
 			if err := one(i, true); err != nil {
 				return err
 			}
-			p.ws()
-			if p.pos >= len(p.data) {
-				return p.errorf("unterminated array")
+			if end, err := p.afterItem(); end || err != nil {
+				return err
 			}
-			if p.data[p.pos] == ',' {
-				p.pos++
-				continue
-			}
-			if p.data[p.pos] == ']' {
-				p.pos++
-				return nil
-			}
-			return p.errorf("expected ',' or ']'")
 		}
 	}
 	return one(0, false)
@@ -884,4 +864,22 @@ func appendString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// afterItem reads the separator after an array item; end is true after the
+// closing bracket.
+func (p *parser) afterItem() (end bool, err error) {
+	p.ws()
+	if p.pos >= len(p.data) {
+		return false, p.errorf("unterminated array")
+	}
+	switch p.data[p.pos] {
+	case ',':
+		p.pos++
+		return false, nil
+	case ']':
+		p.pos++
+		return true, nil
+	}
+	return false, p.errorf("expected ',' or ']'")
 }

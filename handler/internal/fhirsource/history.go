@@ -3,7 +3,6 @@ package fhirsource
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -87,7 +86,7 @@ func (c *Client) HistoryPage(ctx context.Context, pageURL string, visit func(exp
 		return false, err
 	})
 	if err != nil {
-		if noHistory(err, op) {
+		if noHistory(err) {
 			return "", fmt.Errorf("%w: %w", export.ErrNoHistory, err)
 		}
 		return "", err
@@ -95,20 +94,12 @@ func (c *Client) HistoryPage(ctx context.Context, pageURL string, visit func(exp
 	return next, nil
 }
 
-// noHistory reports whether err is the source's answer 400, 404, 405 or 501
-// to op: statusError words a 404 "answered <op> with 404 Not Found" and the
-// other refusals "rejected <op> with <status>", so the status is read right
-// after op, where the source's own diagnostics cannot reach.
-func noHistory(err error, op string) bool {
-	var fe *fault.Error
-	if !errors.As(err, &fe) || fe.Kind != fault.Permanent {
-		return false
-	}
-	for _, code := range []int{http.StatusBadRequest, http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusNotImplemented} {
-		status := fmt.Sprintf(" %s with %d %s", op, code, http.StatusText(code))
-		if strings.HasPrefix(fe.Msg, "the source FHIR server answered"+status) || strings.HasPrefix(fe.Msg, "the source FHIR server rejected"+status) {
-			return true
-		}
+// noHistory reports whether err is the source's answer 400, 404, 405 or 501:
+// it has no history of that kind.
+func noHistory(err error) bool {
+	switch answerStatus(err) {
+	case http.StatusBadRequest, http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusNotImplemented:
+		return true
 	}
 	return false
 }

@@ -202,6 +202,31 @@ func bodyError(ctx context.Context, err error, op string) error {
 // a read, Permanent for a search or a page (an unknown type or an expired
 // page, which retrying cannot fix).
 func statusError(resp *http.Response, op string, missing fault.Kind) error {
+	return &answerError{status: resp.StatusCode, err: statusFault(resp, op, missing)}
+}
+
+// answerError is a non-2xx answer of the source: the fault it is, and its
+// HTTP status, kept for callers that decide by status (history: 400, 404,
+// 405 and 501 mean "no history here") without reading the message.
+type answerError struct {
+	status int
+	err    error
+}
+
+func (e *answerError) Error() string { return e.err.Error() }
+func (e *answerError) Unwrap() error { return e.err }
+
+// answerStatus is the HTTP status of the source's answer that err reports,
+// or 0 if err is not an error answer.
+func answerStatus(err error) int {
+	var ae *answerError
+	if errors.As(err, &ae) {
+		return ae.status
+	}
+	return 0
+}
+
+func statusFault(resp *http.Response, op string, missing fault.Kind) error {
 	code := resp.StatusCode
 	status := fmt.Sprintf("%d %s", code, http.StatusText(code))
 	diag := diagnostics(resp)
