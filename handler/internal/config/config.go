@@ -100,7 +100,7 @@ type Config struct {
 	MaxFileBytes     int64         // EXPORT_MAX_FILE_BYTES
 	BlockBytes       int           // EXPORT_BLOCK_BYTES
 	PageSize         int           // EXPORT_PAGE_SIZE: _count sent to the source
-	MemberBatch      int           // EXPORT_MEMBER_BATCH: patient ids per compartment search
+	MemberBatch      int           // EXPORT_MEMBER_BATCH: ids per search (member patients; Provenance target references)
 	SystemTypes      []string      // EXPORT_TYPES: types of a system export without _type; empty: ask the source
 	InvocationBudget time.Duration // EXPORT_INVOCATION_BUDGET: paging time per worker invocation
 	Retention        time.Duration // EXPORT_RETENTION: Expires of a completed manifest

@@ -54,11 +54,22 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 		return err
 	}
 	var run pager
-	if item.Kind == ItemDeleted {
+	switch item.Kind {
+	case ItemDeleted:
 		deleted := e.newDeletedRun(job, item, ew)
 		deleted.anon = anon
 		run = deleted
-	} else {
+	case ItemAssociated:
+		if anon != nil { // KickOff refuses the combination
+			return fault.New(fault.Permanent, "includeAssociatedData cannot be combined with _anonymizationConfig")
+		}
+		associated, err := e.newAssociatedRun(ctx, job, item, ew)
+		if err != nil {
+			return err
+		}
+		defer associated.close()
+		run = associated
+	default:
 		search, err := e.newItemRun(ctx, job, item)
 		if err != nil {
 			return err
@@ -126,6 +137,9 @@ func (e *Engine) exportItem(ctx context.Context, job *Job, item *WorkItem, deadl
 				Int64("bytes", fileBytes(item.Files)).Int64("duplicatesSkipped", item.Skipped).Int64("errors", item.ErrorCount).
 				Dur("sinceKickOff", e.now().Sub(job.CreatedAt)).Msg("work item done")
 			e.logIfCompleted(ctx, job)
+			if item.Kind != ItemAssociated {
+				e.startAssociatedIfReady(ctx, job) // this may have been the last item it waits for
+			}
 			return nil
 		}
 		if handOn {

@@ -291,6 +291,21 @@ func matches(r fakeResource, q url.Values) bool {
 				if !found {
 					return false
 				}
+			case "target":
+				// Provenance.target: any version, relative or absolute, as a
+				// FHIR server matches a reference search.
+				found := false
+				for _, ref := range fieldRefs(r.fields["target"]) {
+					if before, _, ok := strings.Cut(ref, "/_history/"); ok {
+						ref = before
+					}
+					if parts := strings.Split(ref, "/"); len(parts) >= 2 && slices.Contains(strings.Split(v, ","), strings.Join(parts[len(parts)-2:], "/")) {
+						found = true
+					}
+				}
+				if !found {
+					return false
+				}
 			default:
 				got, _ := r.fields[key].(string)
 				if !slices.Contains(strings.Split(v, ","), got) {

@@ -34,8 +34,11 @@ type fileWriter struct {
 
 func newFileWriter(blobs Blobs, job *Job, item *WorkItem, set Settings) *fileWriter {
 	prefix := filePrefix(item)
-	if item.Kind == ItemDeleted {
+	switch item.Kind {
+	case ItemDeleted:
 		prefix = deletedFilePrefix(item.Type)
+	case ItemAssociated:
+		prefix = associatedFilePrefix
 	}
 	return &fileWriter{
 		blobs:     blobs,

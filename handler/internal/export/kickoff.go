@@ -33,11 +33,15 @@ var jobIDPattern = regexp.MustCompile(`^[0-9a-f]{44}$`)
 // API answers 404 for other ids with it before calling the engine.
 func ValidJobID(id string) bool { return jobIDPattern.MatchString(id) }
 
-// KickOff accepts an export: it validates the de-identification
-// configuration if one is named, fixes the transaction time from the source's
+// KickOff accepts an export: it checks that the source can find associated
+// Provenance if includeAssociatedData asks for it, validates the
+// de-identification configuration if one is named, fixes the transaction time from the source's
 // clock, checks that the Group exists and the destination container can be
 // created, writes the job and its plan item, and enqueues the plan.
 func (e *Engine) KickOff(ctx context.Context, req Request) (*Job, error) {
+	if err := e.checkAssociated(ctx, &req); err != nil {
+		return nil, err
+	}
 	if err := e.checkAnonymization(ctx, &req); err != nil {
 		return nil, err
 	}

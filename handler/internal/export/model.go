@@ -58,7 +58,22 @@ type Request struct {
 	// exactly that version (Anonymizers.Load).
 	AnonymizationConfig string `json:"anonymizationConfig,omitempty"`
 	AnonymizationETag   string `json:"anonymizationETag,omitempty"`
+	// IncludeAssociated is includeAssociatedData: LatestProvenance or
+	// RelevantProvenance, or "" for none. The job's Provenance output is
+	// then the Provenance associated with the resources it returns, and no
+	// other (associated.go).
+	IncludeAssociated string `json:"includeAssociated,omitempty"`
+	// Lenient is Prefer: handling=lenient. KickOff then drops a parameter
+	// the source cannot serve (includeAssociatedData) with a warning instead
+	// of refusing the request.
+	Lenient bool `json:"lenient,omitempty"`
 }
+
+// The includeAssociatedData values this server implements (the IG's names).
+const (
+	LatestProvenance   = "LatestProvenanceResources"
+	RelevantProvenance = "RelevantProvenanceResources"
+)
 
 // JobState is what the job entity itself records. The status a client sees is
 // derived from it and from the work items (see Status).
@@ -113,6 +128,10 @@ type Cursor struct {
 	Param int    `json:"param,omitempty"`
 	Next  string `json:"next,omitempty"` // the next page to fetch; empty: start the batch (or the search) afresh
 	Page  int    `json:"page,omitempty"` // pages of this query and batch passed so far (names a page in error files)
+	// Offset is, for the associated Provenance item, the bytes of output
+	// file number Batch (in the order associatedRun lists them) whose
+	// resources have been looked up.
+	Offset int64 `json:"offset,omitempty"`
 
 	// The search is sorted by _lastUpdated. After is the lastUpdated of the
 	// last resource passed and Ties the ids passed at exactly that instant, so
@@ -144,7 +163,8 @@ type WorkItem struct {
 	Skipped  int64    `json:"skipped,omitempty"`  // duplicates suppressed across member batches and compartment parameters
 
 	// Kind is ItemDeleted for an item that lists its type's deletions
-	// (deleted.go), "" for a search item.
+	// (deleted.go), ItemAssociated for the item that finds the Provenance of
+	// what the job returns (associated.go), "" for a search item.
 	Kind string `json:"kind,omitempty"`
 
 	// The item's error files (<Type>-errors-<n>.ndjson): one OperationOutcome

@@ -91,6 +91,9 @@ func (e *Engine) RestartStalled(ctx context.Context, jobID string) (int, error) 
 		if it.State != ItemPending || it.LeaseUntil.After(now) || now.Sub(it.UpdatedAt) < e.set.StallAfter {
 			continue
 		}
+		if it.Kind == ItemAssociated && !othersDone(items) {
+			continue // waiting for the others by design, not stalled
+		}
 		stalled := *it
 		stalled.UpdatedAt = now
 		if err := e.store.UpdateItem(ctx, &stalled); err != nil {

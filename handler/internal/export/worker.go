@@ -93,6 +93,19 @@ func (e *Engine) Process(ctx context.Context, msg Message, at Attempt) Outcome {
 		return Done()
 	}
 
+	if item.Kind == ItemAssociated {
+		// It reads the job's output files, so it waits until every other
+		// item is done; the last of them enqueues it (associated.go).
+		items, err := e.store.ListItems(ctx, msg.Job)
+		if err != nil {
+			return e.retryOrFail(ctx, msg, "", at, fmt.Errorf("read work items: %w", err))
+		}
+		if !othersDone(items) {
+			log.Info().Msg("associated Provenance waits for the job's other work items; the last of them enqueues it")
+			return Done()
+		}
+	}
+
 	owner := newOwner()
 	if err := e.acquire(ctx, item, owner); err != nil {
 		if errors.Is(err, errBusy) || errors.Is(err, errLeaseLost) {

@@ -179,6 +179,7 @@ const (
 	paramPatient      = "patient"
 
 	paramAllowPartialManifests = "allowPartialManifests"
+	paramIncludeAssociatedData = "includeAssociatedData"
 
 	// De-identified export, with Azure's names: a configuration blob in the
 	// anonymization container and, optionally, the ETag it must have.
@@ -326,6 +327,10 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 		req.AllowPartialManifests = v == "true"
 	}
 
+	if err := parseIncludeAssociated(byName[paramIncludeAssociatedData], lenient, &req); err != nil {
+		return req, err
+	}
+
 	if v, ok, err := single(byName[paramContainer]); err != nil {
 		return req, err
 	} else if ok {
@@ -346,7 +351,53 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 	if err := parseAnonymization(byName, &req); err != nil {
 		return req, err
 	}
+	if req.IncludeAssociated != "" && req.AnonymizationConfig != "" {
+		// The Provenance are found from the ids the export wrote, which a
+		// de-identified export has replaced.
+		return req, invalid("not-supported", "includeAssociatedData cannot be combined with %s", paramAnonymizationConfig)
+	}
+	req.Lenient = lenient && req.IncludeAssociated != "" // the engine's check of the source needs it
 	return req, nil
+}
+
+// parseIncludeAssociated reads includeAssociatedData: comma-separated
+// values, possibly repeated. Of the IG's values this server implements
+// LatestProvenanceResources and RelevantProvenanceResources; with both,
+// Relevant (every associated Provenance) includes Latest. Another value is
+// refused, or ignored with a warning under handling=lenient. Whether the
+// source can serve it is the engine's check at kick-off. A _typeFilter for
+// Provenance is refused with it: the IG returns only the associated
+// Provenance, which a filter could only contradict.
+func parseIncludeAssociated(ps []param, lenient bool, req *export.Request) error {
+	for _, p := range ps {
+		if strings.Trim(p.value, ", \t") == "" {
+			return invalid("value", "includeAssociatedData has an empty value")
+		}
+		for v := range strings.SplitSeq(p.value, ",") {
+			switch v = strings.TrimSpace(v); v {
+			case "":
+			case export.RelevantProvenance:
+				req.IncludeAssociated = v
+			case export.LatestProvenance:
+				if req.IncludeAssociated == "" {
+					req.IncludeAssociated = v
+				}
+			default:
+				if !lenient {
+					return invalid("not-supported", "includeAssociatedData value %q is not supported: this server implements %s and %s (send Prefer: handling=lenient to have other values ignored)",
+						clip(v), export.LatestProvenance, export.RelevantProvenance)
+				}
+				w := "includeAssociatedData value " + clip(v) + " is not supported and was ignored"
+				if !slices.Contains(req.Warnings, w) {
+					req.Warnings = append(req.Warnings, w)
+				}
+			}
+		}
+	}
+	if req.IncludeAssociated != "" && slices.ContainsFunc(req.TypeFilters, func(f export.TypeFilter) bool { return f.Type == "Provenance" }) {
+		return invalid("not-supported", "_typeFilter for Provenance cannot be combined with includeAssociatedData, which returns only the Provenance associated with the exported resources")
+	}
+	return nil
 }
 
 // maxBlobName is Azure's longest blob name.
@@ -472,8 +523,9 @@ func checkType(param, t string, level export.Level) error {
 
 var (
 	fhirIDPattern = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
-	// <Type>-<n> and <Type>-errors-<n>, with -w<NNNN> (a window) or -deleted (_since; export/deleted.go) after the type.
-	fileNamePattern = regexp.MustCompile(`^[A-Za-z]+(?:-w[0-9]{4}|-deleted)?(?:-errors)?-[0-9]+\.ndjson$`)
+	// <Type>-<n> and <Type>-errors-<n>, with -w<NNNN> (a window), -deleted (_since; export/deleted.go) or
+	// -associated (includeAssociatedData; export/associated.go) after the type.
+	fileNamePattern = regexp.MustCompile(`^[A-Za-z]+(?:-w[0-9]{4}|-deleted|-associated)?(?:-errors)?-[0-9]+\.ndjson$`)
 )
 
 // validFHIRID accepts a FHIR id, except one made only of dots: "." and ".."

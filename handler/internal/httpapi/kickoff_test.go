@@ -78,7 +78,12 @@ func TestKickOffRejectsBadInput(t *testing.T) {
 		{name: "_elements too many", target: "/$export?_elements=" + manyElements(201), want: 400, wantDiag: "200", wantCode: "too-long"},
 		{name: "patient in a GET query", target: "/Patient/$export?patient=Patient/1", want: 400, wantDiag: "only in a POST", wantCode: "not-supported"},
 		{name: "patient in a GET query under handling=lenient", target: "/Group/g1/$export?patient=Patient/1", header: hdr("Prefer", "handling=lenient"), want: 400, wantDiag: "only in a POST"},
-		{name: "includeAssociatedData", target: "/$export?includeAssociatedData=LatestProvenanceResources", want: 400, wantDiag: "includeAssociatedData"},
+		{name: "includeAssociatedData with a value we do not implement", target: "/$export?includeAssociatedData=_custom", want: 400, wantDiag: "includeAssociatedData value \"_custom\"", wantCode: "not-supported"},
+		{name: "includeAssociatedData with an empty value", target: "/$export?includeAssociatedData=,", want: 400, wantDiag: "includeAssociatedData has an empty value"},
+		{name: "includeAssociatedData with _anonymizationConfig, even lenient", target: "/$export?includeAssociatedData=LatestProvenanceResources&_anonymizationConfig=c.json",
+			header: hdr("Prefer", "handling=lenient"), want: 400, wantDiag: "cannot be combined with _anonymizationConfig", wantCode: "not-supported"},
+		{name: "includeAssociatedData with a Provenance _typeFilter", target: "/$export?includeAssociatedData=RelevantProvenanceResources&_typeFilter=" + "Provenance%3Fagent%3DPractitioner%2F1",
+			want: 400, wantDiag: "_typeFilter for Provenance cannot be combined", wantCode: "not-supported"},
 		{name: "until not an instant", target: "/$export?_until=tomorrow", want: 400, wantDiag: "_until"},
 		{name: "until before since", target: "/$export?_since=2021-01-01T00:00:00Z&_until=2020-12-31T23:59:59Z", want: 400, wantDiag: "before _since"},
 		{name: "until twice, different", target: "/$export?_until=2020-01-01T00:00:00Z&_until=2021-01-01T00:00:00Z", want: 400, wantDiag: "_until"},
@@ -250,6 +255,22 @@ func TestKickOffRequest(t *testing.T) {
 				r.Level = export.LevelPatient
 				r.Types = []string{"Patient", "Observation", "Condition"}
 				r.RequestURL = "http://example.com/Patient/$export?_type=Patient&_type=Observation,%20Condition&_type=Patient"
+			})},
+		{name: "includeAssociatedData: Relevant includes Latest", target: "/$export?includeAssociatedData=LatestProvenanceResources&includeAssociatedData=RelevantProvenanceResources,LatestProvenanceResources",
+			want: with(func(r *export.Request) {
+				r.IncludeAssociated = export.RelevantProvenance
+				r.RequestURL = "http://example.com/$export?includeAssociatedData=LatestProvenanceResources&includeAssociatedData=RelevantProvenanceResources,LatestProvenanceResources"
+			})},
+		{name: "includeAssociatedData in a POST body, lenient, with a value we do not implement", method: "POST", target: "/Patient/$export",
+			header: hdr("Content-Type", "application/fhir+json", "Prefer", "handling=lenient"),
+			body: params(`{"name":"includeAssociatedData","valueCoding":{"system":"http://hl7.org/fhir/uv/bulkdata/CodeSystem/includeAssociatedData","code":"LatestProvenanceResources"}},` +
+				`{"name":"includeAssociatedData","valueString":"_other"}`),
+			want: with(func(r *export.Request) {
+				r.Level = export.LevelPatient
+				r.IncludeAssociated = export.LatestProvenance
+				r.Lenient = true // the engine drops it with a warning if the source cannot search Provenance by target
+				r.Warnings = []string{"includeAssociatedData value _other is not supported and was ignored"}
+				r.RequestURL = "http://example.com/Patient/$export"
 			})},
 		{name: "Group level", target: "/Group/g-1.x/$export?_type=Patient",
 			want: with(func(r *export.Request) {

@@ -27,6 +27,7 @@ var kickOffParams = []kickOffParam{
 	{name: paramElements},
 	{name: paramPatient, levels: []export.Level{export.LevelPatient, export.LevelGroup}},
 	{name: paramTypeFilter},
+	{name: paramIncludeAssociatedData},
 	{name: paramAllowPartialManifests},
 	{name: paramContainer},
 	{name: paramAnonymizationConfig},

@@ -121,6 +121,16 @@ func bodyParams(w http.ResponseWriter, r *http.Request) ([]param, error) {
 			} else {
 				last.value = strconv.FormatBool(b)
 			}
+		case name == paramIncludeAssociatedData && keys[0] == "valueCoding":
+			// The 4.0.0 draft of the IG makes it a Coding; its code is the value.
+			var coding struct {
+				Code *string `json:"code"`
+			}
+			if err := json.Unmarshal(p[keys[0]], &coding); err != nil || coding.Code == nil {
+				last.err = invalid("structure", "parameter %s (Parameters.parameter[%d]): valueCoding must be an object with a code such as \"LatestProvenanceResources\"", name, i)
+			} else {
+				last.value = *coding.Code
+			}
 		case !stringValueKeys[keys[0]]:
 			last.err = invalid("structure", "parameter %s (Parameters.parameter[%d]) must have a string value such as valueString, not %s", name, i, keys[0])
 		default:

@@ -71,6 +71,8 @@ func sampleJob(id string) *export.Job {
 			Patients:     maxPatients(),
 			// Partial manifests change what status polls answer.
 			AllowPartialManifests: true,
+			IncludeAssociated:     export.LatestProvenance,
+			Lenient:               true,
 			// Every work item loads exactly this configuration version.
 			AnonymizationConfig: "configs/hipaa-r4.json",
 			AnonymizationETag:   `"0x8DC1234567890AB"`,
@@ -98,7 +100,7 @@ func sampleItem(jobID, id string) *export.WorkItem {
 		Type:  id,
 		State: export.ItemPending,
 		Cursor: export.Cursor{Query: 1, Batch: 2, Next: "https://fhir.example/Observation?_getpages=abc&_offset=400",
-			After: t1.Add(-time.Hour), Ties: []string{"o-1", "o-2"}, Page: 5, Param: 1},
+			After: t1.Add(-time.Hour), Ties: []string{"o-1", "o-2"}, Page: 5, Param: 1, Offset: 123456},
 		Params:      []string{"subject", "performer"},
 		Files:       []export.File{{Name: id + "-1.ndjson", Count: 10, Bytes: 4096}},
 		Blocks:      3,

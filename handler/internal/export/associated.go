@@ -1,0 +1,534 @@
+package export
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/azfhir/bulkexport/handler/internal/fault"
+	"github.com/azfhir/bulkexport/handler/internal/fhir"
+)
+
+// includeAssociatedData (the IG's LatestProvenanceResources and
+// RelevantProvenanceResources) adds the Provenance resources associated with
+// the resources a job returns, and no other Provenance: the plan leaves the
+// Provenance type out of the ordinary searches and creates one more work item,
+// "Provenance.associated" (Kind ItemAssociated).
+//
+// A Provenance is associated with a returned resource when one of its
+// target references names it (any version; relative or absolute). The
+// returned resources are known only once they are written, so the item runs
+// after every other item of the job is done: it is created by the plan but
+// enqueued by whichever item finishes last (startAssociatedIfReady). It then
+// reads the job's output files back, in a fixed order, and for each batch of
+// Settings.MemberBatch of their references asks the source for
+// Provenance?target=<batch>, up to the job's upper bound. The cursor is the
+// output file and the byte offset reached in it, recorded with every
+// checkpoint as any item's cursor is.
+//
+// One Provenance may target resources of several batches. It is written once
+// because the item keeps the ids it has written: after a crash, the ids are
+// read back from its own committed files, which hold exactly what the
+// recorded cursor covers (the usual repair). The set costs memory in
+// proportion to the associated Provenance resources (their ids), not to the
+// export.
+//
+// Relevant writes every associated Provenance. Latest writes, for each
+// returned resource, the associated Provenance most recently recorded
+// (Provenance.recorded; ties go to the later meta.lastUpdated, then the
+// greater id): every Provenance that targets a resource comes back in the
+// search of that resource's batch, so the choice is made within the batch.
+
+// ItemAssociated is the Kind of the work item that writes the job's
+// associated Provenance resources.
+const ItemAssociated = "associated"
+
+// associatedItemID is the id of that item.
+const associatedItemID = "Provenance.associated"
+
+// associatedFilePrefix names its files: "Provenance-associated-1.ndjson".
+const associatedFilePrefix = "Provenance-associated"
+
+// ProvenanceTargetParam is the search parameter the source must offer on
+// Provenance for includeAssociatedData.
+const ProvenanceTargetParam = "target"
+
+// checkAssociated checks at kick-off that the source can search Provenance by
+// target. If it cannot, a strict request is refused; a lenient one drops the
+// parameter with a warning in the job's error files.
+func (e *Engine) checkAssociated(ctx context.Context, req *Request) error {
+	switch req.IncludeAssociated {
+	case "":
+		return nil
+	case LatestProvenance, RelevantProvenance:
+	default:
+		return fault.New(fault.Invalid, "includeAssociatedData %q is not supported", req.IncludeAssociated)
+	}
+	if req.AnonymizationConfig != "" {
+		return fault.WithCode(fault.New(fault.Invalid, "includeAssociatedData cannot be combined with _anonymizationConfig"), "not-supported")
+	}
+	params, err := e.source.SearchParams(ctx)
+	if err != nil {
+		return fault.Wrap(fault.Unavailable, err, "read the source FHIR server's search parameters for includeAssociatedData")
+	}
+	if slices.Contains(params["Provenance"], ProvenanceTargetParam) {
+		return nil
+	}
+	why := "includeAssociatedData: the source FHIR server cannot search Provenance by target (its CapabilityStatement " +
+		"declares no target search parameter for Provenance), so the Provenance associated with the exported resources cannot be found"
+	if !req.Lenient {
+		return fault.WithCode(fault.New(fault.Invalid, "%s", why), "not-supported")
+	}
+	req.Warnings = append(req.Warnings, why+"; the parameter was ignored")
+	req.IncludeAssociated = ""
+	return nil
+}
+
+// newAssociatedItem is the associated item of a job that asked for it.
+func (e *Engine) newAssociatedItem(job *Job) *WorkItem {
+	return &WorkItem{JobID: job.ID, ID: associatedItemID, Type: "Provenance", Kind: ItemAssociated,
+		State: ItemPending, UpdatedAt: e.now().UTC()}
+}
+
+// othersDone reports whether the plan and every item but the associated one
+// are done: the associated item may then read their files.
+func othersDone(items []*WorkItem) bool {
+	plan := false
+	for _, it := range items {
+		if it.Kind == ItemAssociated {
+			continue
+		}
+		if it.State != ItemDone {
+			return false
+		}
+		plan = plan || it.ID == PlanItemID
+	}
+	return plan
+}
+
+// startAssociatedIfReady enqueues the job's associated item once every other
+// item is done. The plan calls it, and every item that finishes: the last of
+// them to finish sees all the others done (each records itself done before it
+// looks), so one of them enqueues it; two finishing together may both, which
+// is harmless. A lost message is the watchdog's (RestartStalled), which
+// enqueues the item again once it is ready and idle.
+func (e *Engine) startAssociatedIfReady(ctx context.Context, job *Job) {
+	if job.Request.IncludeAssociated == "" {
+		return
+	}
+	items, err := e.store.ListItems(ctx, job.ID)
+	if err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not check whether the associated Provenance can start; the watchdog will")
+		return
+	}
+	i := slices.IndexFunc(items, func(it *WorkItem) bool { return it.Kind == ItemAssociated })
+	if i < 0 || items[i].State != ItemPending || !othersDone(items) {
+		return
+	}
+	if err := e.queue.Enqueue(ctx, Message{Job: job.ID, Item: associatedItemID}); err != nil {
+		zerolog.Ctx(ctx).Warn().Err(err).Msg("could not enqueue the associated Provenance item; the watchdog will")
+		return
+	}
+	zerolog.Ctx(ctx).Info().Msg("every other work item is done; associated Provenance enqueued")
+}
+
+// associatedRun is one invocation of the associated item.
+type associatedRun struct {
+	e      *Engine
+	job    *Job
+	item   *WorkItem
+	errs   *fileWriter
+	upper  time.Time
+	latest bool
+	keep   elementSet // _elements for Provenance
+	// sources are the blob names of the job's output files, in the order
+	// the cursor counts them: items by id, each item's files in order.
+	sources []string
+	written map[string]bool // ids of the Provenance the item's files hold
+
+	// The open output file: index in sources, and bytes read from it.
+	file    io.ReadCloser
+	reader  *bufio.Reader
+	fileAt  int
+	offset  int64
+	nextPos Cursor // where the page just read leaves the cursor
+}
+
+func (e *Engine) newAssociatedRun(ctx context.Context, job *Job, item *WorkItem, errs *fileWriter) (*associatedRun, error) {
+	items, err := e.store.ListItems(ctx, job.ID)
+	if err != nil {
+		return nil, fmt.Errorf("read work items: %w", err)
+	}
+	if !othersDone(items) {
+		return nil, fault.New(fault.Internal, "the associated Provenance item started before the job's other items were done")
+	}
+	r := &associatedRun{e: e, job: job, item: item, errs: errs, upper: upperBound(job), fileAt: -1,
+		latest: job.Request.IncludeAssociated == LatestProvenance, keep: elementsFor(job.Request.Elements, "Provenance")}
+	slices.SortFunc(items, func(a, b *WorkItem) int { return strings.Compare(a.ID, b.ID) })
+	for _, it := range items {
+		if it.ID == PlanItemID || it.Kind != "" || it.Type == "Provenance" {
+			continue
+		}
+		for _, f := range it.Files {
+			if f.Count > 0 {
+				r.sources = append(r.sources, job.ID+"/"+f.Name)
+			}
+		}
+	}
+	if err := r.readWritten(ctx); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// readWritten reads the ids of the Provenance resources already in the item's
+// committed files.
+func (r *associatedRun) readWritten(ctx context.Context) error {
+	r.written = map[string]bool{}
+	for _, f := range r.item.Files {
+		if f.Count == 0 {
+			continue
+		}
+		err := r.eachLine(ctx, r.job.ID+"/"+f.Name, 0, func(line []byte) bool {
+			r.written[readHead(line).ID] = true
+			return true
+		})
+		if err != nil {
+			return fmt.Errorf("read back %s: %w", f.Name, err)
+		}
+	}
+	return nil
+}
+
+// eachLine reads a blob's lines from byte offset from on, until fn returns false.
+func (r *associatedRun) eachLine(ctx context.Context, blob string, from int64, fn func(line []byte) bool) error {
+	rc, _, err := r.e.blobs.Open(ctx, r.job.Request.Container, blob)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	br := bufio.NewReaderSize(rc, 256<<10)
+	if _, err := br.Discard(int(from)); err != nil {
+		return err
+	}
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(bytes.TrimSpace(line)) > 0 && !fn(bytes.TrimRight(line, "\r\n")) {
+			return nil
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// close closes the open output file, if any.
+func (r *associatedRun) close() {
+	if r.file != nil {
+		r.file.Close()
+		r.file, r.reader, r.fileAt = nil, nil, -1
+	}
+}
+
+// Cursor.Query is 1 once every output file has been looked up.
+func (r *associatedRun) finished(c Cursor) bool { return c.Query > 0 }
+
+func (r *associatedRun) advance(Cursor, string) Cursor { return r.nextPos }
+
+// associatedSearchesAtOnce is how many batches one step of the associated
+// item searches at the same time. The item is the job's last and runs alone,
+// so one search after another would make its time the sum of the source's
+// answers; the source client's concurrency cap still bounds them all.
+const associatedSearchesAtOnce = 4
+
+// page looks up the Provenance of the next batches of returned resources:
+// it searches them at once, then writes what each found in batch order, so
+// the lines and the cursor are what a search one at a time would give.
+func (r *associatedRun) page(ctx context.Context, w *fileWriter, c Cursor) (string, error) {
+	batch := max(r.e.set.MemberBatch, 1)
+	refs, err := r.nextRefs(ctx, c, associatedSearchesAtOnce*batch)
+	if err != nil {
+		return "", err
+	}
+	chunks := slices.Collect(slices.Chunk(refs, batch))
+	found := make([]batchFound, len(chunks))
+	g, gctx := errgroup.WithContext(ctx)
+	for i, chunk := range chunks {
+		g.Go(func() (err error) {
+			found[i], err = r.search(gctx, c, i+1, chunk)
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return "", err
+	}
+	for _, f := range found {
+		for _, line := range f.errors {
+			if err := r.errs.add(ctx, line); err != nil {
+				return "", err
+			}
+		}
+		for _, p := range f.provenance {
+			if err := r.write(ctx, w, p); err != nil {
+				return "", err
+			}
+		}
+	}
+	return "", nil
+}
+
+// nextRefs reads up to n references (Type/id) of returned resources from
+// the cursor on, within one output file, and sets nextPos past them.
+func (r *associatedRun) nextRefs(ctx context.Context, c Cursor, n int) ([]string, error) {
+	if c.Batch >= len(r.sources) {
+		r.close()
+		r.nextPos = Cursor{Query: 1}
+		return nil, nil
+	}
+	if r.fileAt != c.Batch || r.offset != c.Offset {
+		r.close()
+		rc, _, err := r.e.blobs.Open(ctx, r.job.Request.Container, r.sources[c.Batch])
+		if err != nil {
+			return nil, fmt.Errorf("read back output file %s: %w", r.sources[c.Batch], err)
+		}
+		r.file, r.reader, r.fileAt, r.offset = rc, bufio.NewReaderSize(rc, 256<<10), c.Batch, 0
+		skipped, err := r.reader.Discard(int(c.Offset))
+		r.offset = int64(skipped)
+		if err != nil {
+			r.close()
+			return nil, fmt.Errorf("read back output file %s: %w", r.sources[c.Batch], err)
+		}
+	}
+	var refs []string
+	for len(refs) < n {
+		line, err := r.reader.ReadBytes('\n')
+		r.offset += int64(len(line))
+		if h := readHead(bytes.TrimRight(line, "\r\n")); h.ResourceType != "" && h.ID != "" {
+			refs = append(refs, h.ResourceType+"/"+h.ID)
+		}
+		if errors.Is(err, io.EOF) {
+			r.close()
+			r.nextPos = Cursor{Batch: c.Batch + 1}
+			return refs, nil
+		}
+		if err != nil {
+			r.close()
+			return nil, fmt.Errorf("read back output file %s: %w", r.sources[c.Batch], err)
+		}
+	}
+	r.nextPos = Cursor{Batch: c.Batch, Offset: r.offset}
+	return refs, nil
+}
+
+// provenance is what the item reads of a Provenance resource.
+type provenance struct {
+	id          string
+	recorded    time.Time // zero if absent or unparsable: the earliest
+	lastUpdated time.Time
+	line        []byte // compact JSON
+}
+
+// later reports whether p was recorded after q (the order Latest picks by).
+func (p *provenance) later(q *provenance) bool {
+	return cmp.Or(p.recorded.Compare(q.recorded), p.lastUpdated.Compare(q.lastUpdated), strings.Compare(p.id, q.id)) > 0
+}
+
+// batchFound is what the search of one batch found: the Provenance to write
+// (in id order; the item may have written some already) and the error lines.
+type batchFound struct {
+	provenance []*provenance
+	errors     [][]byte
+}
+
+// search runs Provenance?target=<refs> through all its pages and returns the
+// Provenance it selects: every one about a reference of the batch
+// (Relevant), or for each reference the latest about it (Latest). It writes
+// nothing, so that batches can be searched at once. n numbers the batch
+// within the step, for error lines.
+func (r *associatedRun) search(ctx context.Context, c Cursor, n int, refs []string) (batchFound, error) {
+	var found batchFound
+	inBatch := make(map[string]bool, len(refs))
+	for _, ref := range refs {
+		inBatch[ref] = true
+	}
+	q := url.Values{}
+	q.Set(ProvenanceTargetParam, strings.Join(refs, ","))
+	q.Set("_lastUpdated", "le"+fhir.FormatInstant(r.upper))
+	q.Set("_count", strconv.Itoa(max(r.e.set.PageSize, 1)))
+	next := r.e.source.SearchURL("Provenance", q.Encode())
+	latest := map[string]*provenance{} // Latest: the pick for each reference so far
+	var scratch bytes.Buffer
+	for page := 1; next != ""; page++ {
+		entry := 0
+		var err error
+		next, err = r.e.source.Page(ctx, next, func(en Entry) error {
+			entry++
+			where := func() string {
+				return fmt.Sprintf("Provenance search for the associated data of output file %d (from byte %d, batch %d), page %d, entry %d",
+					c.Batch+1, c.Offset, n, page, entry)
+			}
+			if en.Mode == "outcome" {
+				found.errors = append(found.errors, outcomeLine(ctx, en.Resource, where, &scratch))
+				return nil
+			}
+			if en.Mode != "" && en.Mode != "match" {
+				return nil
+			}
+			p, why := readProvenance(en, &scratch)
+			if why != "" {
+				msg := where() + ": " + why + "; the entry was left out of the export"
+				zerolog.Ctx(ctx).Warn().Str("issue", msg).Msg("the source sent an entry that cannot be exported; reported in the error file")
+				found.errors = append(found.errors, fhir.NewOutcome("error", "processing", msg).JSON())
+				return nil
+			}
+			targets := targetsIn(p.line, inBatch)
+			if len(targets) == 0 {
+				return nil // not about this batch (a source that matched loosely)
+			}
+			if !r.latest {
+				found.provenance = append(found.provenance, p)
+				return nil
+			}
+			for _, t := range targets {
+				if cur := latest[t]; cur == nil || p.later(cur) {
+					latest[t] = p
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return found, fmt.Errorf("search the Provenance of %d returned resources: %w", len(refs), err)
+		}
+	}
+	for _, p := range latest {
+		if !slices.Contains(found.provenance, p) {
+			found.provenance = append(found.provenance, p)
+		}
+	}
+	slices.SortFunc(found.provenance, func(a, b *provenance) int { return strings.Compare(a.id, b.id) })
+	return found, nil
+}
+
+// write writes one Provenance unless the item holds it already.
+func (r *associatedRun) write(ctx context.Context, w *fileWriter, p *provenance) error {
+	if r.written[p.id] {
+		return nil
+	}
+	line := p.line
+	if r.keep != nil {
+		subset, err := subsetResource(line, r.keep)
+		if err != nil { // the text is not passed on
+			msg := fmt.Sprintf("Provenance/%s: _elements could not be applied: meta or meta.tag is malformed; it was left out of the export", p.id)
+			return r.errs.add(ctx, fhir.NewOutcome("error", "processing", msg).JSON())
+		}
+		line = subset
+	}
+	if err := w.add(ctx, line); err != nil {
+		return err
+	}
+	r.written[p.id] = true
+	return nil
+}
+
+// readProvenance checks one search entry and returns the Provenance it
+// holds, or why it cannot be exported (never what it held: it may carry PHI).
+func readProvenance(en Entry, scratch *bytes.Buffer) (*provenance, string) {
+	if len(bytes.TrimSpace(en.Resource)) == 0 {
+		return nil, "the entry has no resource"
+	}
+	line := en.Resource
+	if !en.Compact {
+		scratch.Reset()
+		if json.Compact(scratch, en.Resource) != nil {
+			return nil, "the resource is not valid JSON"
+		}
+		line = scratch.Bytes()
+	}
+	var res struct {
+		ResourceType string `json:"resourceType"`
+		ID           string `json:"id"`
+		Recorded     string `json:"recorded"`
+		Meta         struct {
+			LastUpdated string `json:"lastUpdated"`
+		} `json:"meta"`
+	}
+	if line[0] != '{' || json.Unmarshal(line, &res) != nil {
+		return nil, "the resource is not a JSON object"
+	}
+	switch {
+	case res.ResourceType != "Provenance":
+		return nil, fmt.Sprintf("the resource is of type %s, not Provenance", clipType(res.ResourceType))
+	case !fhirID.MatchString(res.ID):
+		return nil, "the resource has no valid id"
+	}
+	p := &provenance{id: res.ID, line: bytes.Clone(line)}
+	p.recorded, _ = time.Parse(time.RFC3339Nano, res.Recorded)
+	p.lastUpdated, _ = time.Parse(time.RFC3339Nano, res.Meta.LastUpdated)
+	return p, ""
+}
+
+// targetsIn returns the references of the batch (Type/id) that a
+// Provenance's targets name, each once.
+func targetsIn(provenance []byte, inBatch map[string]bool) []string {
+	var res struct {
+		Target []struct {
+			Reference string `json:"reference"`
+		} `json:"target"`
+	}
+	if json.Unmarshal(provenance, &res) != nil {
+		return nil
+	}
+	var out []string
+	for _, t := range res.Target {
+		if ref, ok := literalReference(t.Reference); ok && inBatch[ref] && !slices.Contains(out, ref) {
+			out = append(out, ref)
+		}
+	}
+	return out
+}
+
+// literalReference reduces a reference to Type/id: "Type/id", with or
+// without "/_history/<version>", or an absolute http(s) URL ending in one of
+// those. Contained ("#x"), urn: and other references name no resource here.
+func literalReference(ref string) (string, bool) {
+	if i := strings.Index(ref, "/_history/"); i >= 0 {
+		ref = ref[:i]
+	}
+	parts := strings.Split(ref, "/")
+	if len(parts) < 2 || (len(parts) > 2 && !strings.HasPrefix(ref, "http://") && !strings.HasPrefix(ref, "https://")) {
+		return "", false
+	}
+	typ, id := parts[len(parts)-2], parts[len(parts)-1]
+	if !fhir.IsResourceType(typ) || !fhirID.MatchString(id) {
+		return "", false
+	}
+	return typ + "/" + id, true
+}
+
+// outcomeLine is the error line for a search outcome entry: the entry as the
+// source sent it, or a line saying that it was not an OperationOutcome.
+func outcomeLine(ctx context.Context, resource []byte, where func() string, scratch *bytes.Buffer) []byte {
+	scratch.Reset()
+	if json.Compact(scratch, resource) != nil || scratch.Len() == 0 || scratch.Bytes()[0] != '{' ||
+		readHead(scratch.Bytes()).ResourceType != "OperationOutcome" {
+		return fhir.NewOutcome("error", "processing", where()+": the source sent a search outcome entry that is not an OperationOutcome").JSON()
+	}
+	zerolog.Ctx(ctx).Warn().Msg("the source reported an issue with a Provenance search; copied to the error file")
+	return bytes.Clone(scratch.Bytes())
+}
