@@ -165,6 +165,7 @@ type associatedRun struct {
 	fileAt  int
 	offset  int64
 	nextPos Cursor // where the page just read leaves the cursor
+	long    []byte // a line longer than the reader's buffer
 }
 
 func (e *Engine) newAssociatedRun(ctx context.Context, job *Job, item *WorkItem, errs *fileWriter) (*associatedRun, error) {
@@ -317,7 +318,7 @@ func (r *associatedRun) nextRefs(ctx context.Context, c Cursor, n int) ([]string
 	}
 	var refs []string
 	for len(refs) < n {
-		line, err := r.reader.ReadBytes('\n')
+		line, err := r.readLine()
 		r.offset += int64(len(line))
 		if h := readHead(bytes.TrimRight(line, "\r\n")); h.ResourceType != "" && h.ID != "" {
 			refs = append(refs, h.ResourceType+"/"+h.ID)
@@ -336,12 +337,27 @@ func (r *associatedRun) nextRefs(ctx context.Context, c Cursor, n int) ([]string
 	return refs, nil
 }
 
+// readLine reads the next line of the open output file. The line is valid
+// until the next read: most fit the reader's buffer and are not copied.
+func (r *associatedRun) readLine() ([]byte, error) {
+	line, err := r.reader.ReadSlice('\n')
+	if !errors.Is(err, bufio.ErrBufferFull) {
+		return line, err
+	}
+	r.long = append(r.long[:0], line...)
+	for errors.Is(err, bufio.ErrBufferFull) {
+		line, err = r.reader.ReadSlice('\n')
+		r.long = append(r.long, line...)
+	}
+	return r.long, err
+}
+
 // provenance is what the item reads of a Provenance resource.
 type provenance struct {
 	id          string
 	recorded    time.Time // zero if absent or unparsable: the earliest
 	lastUpdated time.Time
-	line        []byte // compact JSON
+	line        []byte // compact JSON; nil when the item had written it already
 }
 
 // later reports whether p was recorded after q (the order Latest picks by).
@@ -400,6 +416,14 @@ func (r *associatedRun) search(ctx context.Context, c Cursor, n int, refs []stri
 			targets := targetsIn(p.line, inBatch)
 			if len(targets) == 0 {
 				return nil // not about this batch (a source that matched loosely)
+			}
+			// One about many batches comes back in each: its bytes are kept
+			// only until it is written (the set is only read while batches
+			// are searched).
+			if r.written[p.id] {
+				p.line = nil
+			} else {
+				p.line = bytes.Clone(p.line)
 			}
 			if !r.latest {
 				found.provenance = append(found.provenance, p)
@@ -477,7 +501,7 @@ func readProvenance(en Entry, scratch *bytes.Buffer) (*provenance, string) {
 	case !fhirID.MatchString(res.ID):
 		return nil, "the resource has no valid id"
 	}
-	p := &provenance{id: res.ID, line: bytes.Clone(line)}
+	p := &provenance{id: res.ID, line: line} // valid during the visit only
 	p.recorded, _ = time.Parse(time.RFC3339Nano, res.Recorded)
 	p.lastUpdated, _ = time.Parse(time.RFC3339Nano, res.Meta.LastUpdated)
 	return p, ""
