@@ -23,9 +23,12 @@
 //     fractional seconds is an exact instant; coarser values (year, month, day, second) stand for
 //     the whole period, a date without time in UTC, following FHIR's precision rules. A "+" in the
 //     zone offset that arrived decoded as a space is accepted.
-//   - patient, subject, beneficiary: reference parameters matching the top-level element of the
-//     same name (patient also looks at subject), a Reference or an array of References. Values
-//     are id, Type/id or an absolute URL ending in Type/id; patient and beneficiary only target Patient.
+//   - patient, subject, beneficiary, performer, author, target: reference parameters matching the
+//     top-level element of the same name (patient also looks at subject), a Reference or an array
+//     of References. Values are id, Type/id or an absolute URL ending in Type/id; a stored
+//     reference matches whether it is relative, versioned (Type/id/_history/v) or absolute. Type
+//     and id are both compared (a bare id matches any type); patient and beneficiary only target
+//     Patient. target (Provenance.target) serves the export's includeAssociatedData.
 //   - code, status, category, clinical-status (element clinicalStatus), type, gender, intent, class:
 //     token parameters, values code, system|code, |code or system|, matched against a plain code,
 //     a Coding, a CodeableConcept or an array of those.

@@ -54,6 +54,9 @@ func elementParams() []elementParam {
 		{name: "performer", kind: referenceParam, elements: []string{"performer"}},
 		{name: "status", kind: tokenParam, elements: []string{"status"}},
 		{name: "subject", kind: referenceParam, elements: []string{"subject"}},
+		// target is Provenance's: the export's includeAssociatedData finds the
+		// Provenance of the resources it returned with it.
+		{name: "target", kind: referenceParam, elements: []string{"target"}},
 		{name: "type", kind: tokenParam, elements: []string{"type"}},
 	}
 }
