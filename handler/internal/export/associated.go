@@ -196,39 +196,31 @@ func (e *Engine) newAssociatedRun(ctx context.Context, job *Job, item *WorkItem,
 }
 
 // readWritten reads the ids of the Provenance resources already in the item's
-// committed files.
+// committed files (repair has just cut them to the recorded cursor).
 func (r *associatedRun) readWritten(ctx context.Context) error {
 	r.written = map[string]bool{}
 	for _, f := range r.item.Files {
 		if f.Count == 0 {
 			continue
 		}
-		err := r.eachLine(ctx, r.job.ID+"/"+f.Name, 0, func(line []byte) bool {
-			r.written[readHead(line).ID] = true
-			return true
-		})
-		if err != nil {
+		if err := r.readIDs(ctx, r.job.ID+"/"+f.Name); err != nil {
 			return fmt.Errorf("read back %s: %w", f.Name, err)
 		}
 	}
 	return nil
 }
 
-// eachLine reads a blob's lines from byte offset from on, until fn returns false.
-func (r *associatedRun) eachLine(ctx context.Context, blob string, from int64, fn func(line []byte) bool) error {
+func (r *associatedRun) readIDs(ctx context.Context, blob string) error {
 	rc, _, err := r.e.blobs.Open(ctx, r.job.Request.Container, blob)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
 	br := bufio.NewReaderSize(rc, 256<<10)
-	if _, err := br.Discard(int(from)); err != nil {
-		return err
-	}
 	for {
 		line, err := br.ReadBytes('\n')
-		if len(bytes.TrimSpace(line)) > 0 && !fn(bytes.TrimRight(line, "\r\n")) {
-			return nil
+		if id := readHead(bytes.TrimRight(line, "\r\n")).ID; id != "" {
+			r.written[id] = true
 		}
 		if errors.Is(err, io.EOF) {
 			return nil
