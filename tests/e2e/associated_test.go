@@ -352,7 +352,11 @@ type assocCase struct {
 	latest           bool
 	until            time.Time // _until, zero if none
 	mustHave, mustNo []string
-	noErrors         bool // the export must report nothing in its error files
+	// own selects the Provenance the export returns anyway (its _type names
+	// Provenance or is absent), of those last updated up to the cutoff: the
+	// associated ones are added to them, each Provenance once. Nil: none.
+	own      func(r map[string]any) bool
+	noErrors bool // the export must report nothing in its error files
 }
 
 // check compares an export with the case: the non-Provenance output, and
@@ -380,6 +384,25 @@ func (c assocCase) check(t *testing.T, d assocData, m bulkclient.Manifest, got m
 			t.Fatalf("premise: Provenance %s is in the expected set", id)
 		}
 	}
+	if c.own != nil {
+		union := map[string]string{}
+		for _, line := range provenance {
+			var r struct{ ID string }
+			json.Unmarshal([]byte(line), &r)
+			union[r.ID] = line
+		}
+		for _, line := range exportcheck.Fixture(t, d.dir, func(typ string, r map[string]any) bool {
+			return typ == "Provenance" && !lastUpdated(r).After(cutoff) && c.own(r)
+		})["Provenance"] {
+			var r struct{ ID string }
+			json.Unmarshal([]byte(line), &r)
+			union[r.ID] = line
+		}
+		provenance = provenance[:0]
+		for _, line := range union {
+			provenance = append(provenance, line)
+		}
+	}
 	want := map[string][]string{"Provenance": provenance}
 	for typ, lines := range c.returned {
 		want[typ] = lines
@@ -388,7 +411,7 @@ func (c assocCase) check(t *testing.T, d assocData, m bulkclient.Manifest, got m
 	associatedName := regexp.MustCompile(`^Provenance-associated-[0-9]+\.ndjson$`)
 	for _, f := range m.Output {
 		u, err := url.Parse(f.URL)
-		if f.Type == "Provenance" && (err != nil || !associatedName.MatchString(path.Base(u.Path))) {
+		if f.Type == "Provenance" && c.own == nil && (err != nil || !associatedName.MatchString(path.Base(u.Path))) {
 			t.Errorf("Provenance output file %s is not named Provenance-associated-<n>.ndjson", f.URL)
 		}
 	}
@@ -443,7 +466,8 @@ var assocTypes = []string{"Patient", "Encounter", "Observation"}
 
 // TestIncludeAssociatedDataAtSystemLevel: the Provenance of exactly the
 // returned resources, once each, whatever form their target references take,
-// and no other Provenance, even when _type names Provenance or is absent.
+// and no other when _type leaves Provenance out; when _type names Provenance
+// or is absent, they are added to the Provenance returned anyway, each once.
 func TestIncludeAssociatedDataAtSystemLevel(t *testing.T) {
 	d := newAssocData(t)
 	_, fhirURL := d.serve(t, fhirsample.Options{})
@@ -481,14 +505,16 @@ func TestIncludeAssociatedDataAtSystemLevel(t *testing.T) {
 			`{"name":"includeAssociatedData","valueString":"RelevantProvenanceResources"}]}`
 		resp, b := kickOff(t, svc.base, http.MethodPost, "/$export", body, false)
 		m, got, errs := waitAndDownload(t, svc.client, resp, b)
-		assocCase{returned: all, noErrors: true,
+		// _type names Provenance: every Provenance up to the transaction
+		// time is returned anyway, the associated ones among them.
+		assocCase{returned: all, noErrors: true, own: func(map[string]any) bool { return true },
 			mustHave: []string{"h1-obs-group-8", "h1-tie-lastupdated-b"}, mustNo: never,
 		}.check(t, d, m, got, errs)
 	})
 	t.Run("LatestWithoutType", func(t *testing.T) {
 		m, got, errs := export(t, "/$export?includeAssociatedData=LatestProvenanceResources")
 		everyType := exportcheck.Fixture(t, d.dir, func(typ string, _ map[string]any) bool { return typ != "Provenance" })
-		assocCase{returned: everyType, latest: true, noErrors: true,
+		assocCase{returned: everyType, latest: true, noErrors: true, own: func(map[string]any) bool { return true },
 			mustHave: []string{"h1-elsewhere", "h1-tie-lastupdated-a"},
 			mustNo:   []string{"h1-future", "h1-orphan", "h1-obs-group-9"},
 		}.check(t, d, m, got, errs)
@@ -505,7 +531,7 @@ func TestIncludeAssociatedDataAtSystemLevel(t *testing.T) {
 		assocCase{returned: returned, noErrors: true}.check(t, d, m, got, errs)
 	})
 	t.Run("ElementsApplyToProvenance", func(t *testing.T) {
-		m, got, errs := export(t, "/$export?_type=Patient,Provenance&includeAssociatedData=RelevantProvenanceResources&_elements=Provenance.target")
+		m, got, errs := export(t, "/$export?_type=Patient&includeAssociatedData=RelevantProvenanceResources&_elements=Provenance.target")
 		if len(errs) > 0 {
 			t.Errorf("error files hold %d lines, want none:\n%s", len(errs), joinLines(errs))
 		}
@@ -552,6 +578,41 @@ func TestIncludeAssociatedDataAtSystemLevel(t *testing.T) {
 				t.Errorf("Provenance %s is not the source's without policy: %s", id, line)
 			}
 		}
+	})
+	t.Run("RelevantSinceWithProvenanceInType", func(t *testing.T) {
+		// The export returns the Provenance updated after _since anyway;
+		// the patients' older Provenance are added, and none twice.
+		since := time.Date(2024, 6, 10, 0, 0, 0, 0, time.UTC)
+		after := func(r map[string]any) bool { return lastUpdated(r).After(since) }
+		returned := d.source(t, []string{"Patient", "Observation"}, time.Time{}, func(_ string, r map[string]any) bool { return after(r) })
+		// Premise: some associated Provenance are returned anyway (updated
+		// after _since), so that writing them again would show.
+		both := 0
+		for _, line := range d.wantAssociated(t, returned, time.Now(), false) {
+			var r map[string]any
+			json.Unmarshal([]byte(line), &r)
+			if after(r) {
+				both++
+			}
+		}
+		if both == 0 {
+			t.Fatal("premise: no associated Provenance was updated after _since")
+		}
+		m, got, errs := export(t, "/$export?_type=Patient,Observation,Provenance&includeAssociatedData=RelevantProvenanceResources&_since="+since.Format(time.RFC3339))
+		assocCase{returned: returned, noErrors: true, own: after,
+			mustHave: []string{"h1-patient-0"},
+		}.check(t, d, m, got, errs)
+	})
+	t.Run("LatestWithAProvenanceTypeFilter", func(t *testing.T) {
+		// The filter returns some of the patients' Provenance anyway; the
+		// others are added, and none twice.
+		from := time.Date(2024, 6, 2, 0, 5, 0, 0, time.UTC)
+		filter := url.QueryEscape("Provenance?_lastUpdated=gt" + from.Format(time.RFC3339))
+		m, got, errs := export(t, "/$export?_type=Patient,Provenance&includeAssociatedData=LatestProvenanceResources&_typeFilter="+filter)
+		assocCase{returned: d.source(t, []string{"Patient"}, time.Time{}, nil), latest: true, noErrors: true,
+			own:      func(r map[string]any) bool { return lastUpdated(r).After(from) },
+			mustHave: []string{"h1-patient-0", "h1-patient-9", "h1-outsider"},
+		}.check(t, d, m, got, errs)
 	})
 	t.Run("RelevantUntil", func(t *testing.T) {
 		// Up to the fourth patient's Provenance: the later ones are out,
@@ -704,7 +765,6 @@ func TestIncludeAssociatedDataRefusals(t *testing.T) {
 	uploadHIPAASample(t, anonContainer, "hipaa.json")
 	assoc := startService(t, "FHIR_SERVER_URL="+fhirURL, "EXPORT_ANONYMIZATION_CONTAINER="+anonContainer)
 	shared := startService(t) // its source has no Provenance, so no target search
-	typeFilter := "&_typeFilter=" + url.QueryEscape("Provenance?_lastUpdated=gt2024-01-01")
 	cases := []struct {
 		name       string
 		svc        *service
@@ -718,10 +778,6 @@ func TestIncludeAssociatedDataRefusals(t *testing.T) {
 			[]string{"OtherResources", "includeAssociatedData"}},
 		{"custom value", assoc, "/$export?_type=Patient", "&includeAssociatedData=_h1Custom", false,
 			[]string{"_h1Custom", "includeAssociatedData"}},
-		{"with a Provenance _typeFilter", assoc, "/$export?_type=Patient,Provenance" + typeFilter, "&includeAssociatedData=RelevantProvenanceResources", false,
-			[]string{"includeAssociatedData", "_typeFilter"}},
-		{"with a Provenance _typeFilter, lenient", assoc, "/$export?_type=Patient,Provenance" + typeFilter, "&includeAssociatedData=RelevantProvenanceResources", true,
-			[]string{"includeAssociatedData", "_typeFilter"}},
 		{"with _anonymizationConfig", assoc, "/$export?_type=Patient&_anonymizationConfig=hipaa.json", "&includeAssociatedData=RelevantProvenanceResources", false,
 			[]string{"includeAssociatedData", "_anonymizationConfig"}},
 		{"with _anonymizationConfig, lenient", assoc, "/$export?_type=Patient&_anonymizationConfig=hipaa.json", "&includeAssociatedData=RelevantProvenanceResources", true,

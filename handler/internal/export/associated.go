@@ -22,35 +22,44 @@ import (
 	"github.com/azfhir/bulkexport/handler/internal/fhir"
 )
 
-// includeAssociatedData (the IG's LatestProvenanceResources and
-// RelevantProvenanceResources) adds the Provenance resources associated with
-// the resources a job returns, and no other Provenance: the plan leaves the
-// Provenance type out of the ordinary searches and creates one more work item,
-// "Provenance.associated" (Kind ItemAssociated).
+// includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources)
+// adds to an export the Provenance resources associated with the resources it
+// returns. We follow the definitions of the IG's 4.0.0 (HL7 Terminology's
+// include-associated-data 2.0.0): the associated Provenance are added to the
+// Provenance the export returns anyway (those of its _type, or of every type),
+// which they do not exclude. The v2 and v3 wording of Latest ("other
+// Provenance resources will not be returned") contradicted the rule that an
+// export without _type returns all Provenance, and 4.0.0 dropped it; a client
+// that wants only the associated Provenance leaves Provenance out of _type.
 //
-// A Provenance is associated with a returned resource when one of its
-// target references names it (any version; relative or absolute). The
-// returned resources are known only once they are written, so the item runs
-// after every other item of the job is done: it is created by the plan but
-// enqueued by whichever item finishes last (startAssociatedIfReady). It then
-// reads the job's output files back, in a fixed order, and for each batch of
+// A Provenance is associated with a returned resource when one of its target
+// references names it (any version; relative or absolute). Relevant adds
+// every associated Provenance; Latest, for each returned resource, the one
+// most recently recorded (Provenance.recorded; ties go to the later
+// meta.lastUpdated, then the greater id). Only Provenance last updated up to
+// the job's upper bound count; _since does not filter them.
+//
+// The returned resources are known only once they are written, so one more
+// work item, "Provenance.associated" (Kind ItemAssociated), runs after every
+// other item of the job is done: the plan creates it, and whichever item
+// finishes last enqueues it (startAssociatedIfReady). It reads the job's
+// output files back, in a fixed order, and for each batch of
 // Settings.MemberBatch of their references asks the source for
-// Provenance?target=<batch>, up to the job's upper bound. The cursor is the
-// output file and the byte offset reached in it, recorded with every
-// checkpoint as any item's cursor is.
+// Provenance?target=<batch>. The cursor is the output file and the byte
+// offset reached in it, recorded with every checkpoint as any item's cursor
+// is. Every Provenance about a resource comes back in the search of that
+// resource's batch, so Latest chooses within the batch.
 //
-// One Provenance may target resources of several batches. It is written once
-// because the item keeps the ids it has written: after a crash, the ids are
-// read back from its own committed files, which hold exactly what the
-// recorded cursor covers (the usual repair). The set costs memory in
-// proportion to the associated Provenance resources (their ids), not to the
-// export.
-//
-// Relevant writes every associated Provenance. Latest writes, for each
-// returned resource, the associated Provenance most recently recorded
-// (Provenance.recorded; ties go to the later meta.lastUpdated, then the
-// greater id): every Provenance that targets a resource comes back in the
-// search of that resource's batch, so the choice is made within the batch.
+// Each Provenance is written once, by the job. One about resources of several
+// batches comes back in each, so the item keeps the ids the job holds and
+// skips those: its own (after a crash or a continuation read back from its
+// committed files, which the usual repair has cut to the recorded cursor) and
+// those of the job's ordinary Provenance items. A system export that searches
+// Provenance without a _typeFilter already holds every Provenance last
+// updated in (_since, upper]: its associated item searches only up to _since
+// (Window.Until), so the two sets cannot meet, and without _since it has
+// nothing to add and is not created. Memory is one id per Provenance the
+// item must tell apart, not one per exported resource.
 
 // ItemAssociated is the Kind of the work item that writes the job's
 // associated Provenance resources.
@@ -97,10 +106,25 @@ func (e *Engine) checkAssociated(ctx context.Context, req *Request) error {
 	return nil
 }
 
-// newAssociatedItem is the associated item of a job that asked for it.
-func (e *Engine) newAssociatedItem(job *Job) *WorkItem {
-	return &WorkItem{JobID: job.ID, ID: associatedItemID, Type: "Provenance", Kind: ItemAssociated,
+// planAssociated returns the associated item of a job that asked for
+// includeAssociatedData, given the types the job searches, or nil when the
+// job's own Provenance searches return every Provenance it could add.
+func (e *Engine) planAssociated(job *Job, types []string) *WorkItem {
+	req := job.Request
+	if req.IncludeAssociated == "" {
+		return nil
+	}
+	item := &WorkItem{JobID: job.ID, ID: associatedItemID, Type: "Provenance", Kind: ItemAssociated,
 		State: ItemPending, UpdatedAt: e.now().UTC()}
+	if req.Level == LevelSystem && slices.Contains(types, "Provenance") && filterQueries(job, "Provenance")[0] == "" {
+		// Every Provenance last updated in (_since, upper] is in the
+		// output already: only older ones can be added.
+		if req.Since == nil {
+			return nil
+		}
+		item.Window = &Window{N: 1, Until: *req.Since}
+	}
+	return item
 }
 
 // othersDone reports whether the plan and every item but the associated one
@@ -157,7 +181,7 @@ type associatedRun struct {
 	// sources are the blob names of the job's output files, in the order
 	// the cursor counts them: items by id, each item's files in order.
 	sources []string
-	written map[string]bool // ids of the Provenance the item's files hold
+	written map[string]bool // ids of the Provenance the job's files hold
 
 	// The open output file: index in sources, and bytes read from it.
 	file    io.ReadCloser
@@ -177,10 +201,25 @@ func (e *Engine) newAssociatedRun(ctx context.Context, job *Job, item *WorkItem,
 		return nil, fault.New(fault.Internal, "the associated Provenance item started before the job's other items were done")
 	}
 	r := &associatedRun{e: e, job: job, item: item, errs: errs, upper: upperBound(job), fileAt: -1,
-		latest: job.Request.IncludeAssociated == LatestProvenance, keep: elementsFor(job.Request.Elements, "Provenance")}
+		latest: job.Request.IncludeAssociated == LatestProvenance, keep: elementsFor(job.Request.Elements, "Provenance"),
+		written: map[string]bool{}}
+	if item.Window != nil {
+		r.upper = item.Window.Until // the job's Provenance items hold the later ones
+	}
+	// The item's own committed files (repair has just cut them to the
+	// recorded cursor) hold Provenance it must not write again.
+	held := slices.Clone(item.Files)
 	slices.SortFunc(items, func(a, b *WorkItem) int { return strings.Compare(a.ID, b.ID) })
 	for _, it := range items {
-		if it.ID == PlanItemID || it.Kind != "" || it.Type == "Provenance" {
+		if it.ID == PlanItemID || it.Kind != "" {
+			continue
+		}
+		if it.Type == "Provenance" {
+			// The job's ordinary Provenance: not written again either,
+			// unless the item's bound keeps them apart.
+			if item.Window == nil {
+				held = append(held, it.Files...)
+			}
 			continue
 		}
 		for _, f := range it.Files {
@@ -189,27 +228,18 @@ func (e *Engine) newAssociatedRun(ctx context.Context, job *Job, item *WorkItem,
 			}
 		}
 	}
-	if err := r.readWritten(ctx); err != nil {
-		return nil, err
+	for _, f := range held {
+		if f.Count == 0 {
+			continue
+		}
+		if err := r.readIDs(ctx, job.ID+"/"+f.Name); err != nil {
+			return nil, fmt.Errorf("read back %s: %w", f.Name, err)
+		}
 	}
 	return r, nil
 }
 
-// readWritten reads the ids of the Provenance resources already in the item's
-// committed files (repair has just cut them to the recorded cursor).
-func (r *associatedRun) readWritten(ctx context.Context) error {
-	r.written = map[string]bool{}
-	for _, f := range r.item.Files {
-		if f.Count == 0 {
-			continue
-		}
-		if err := r.readIDs(ctx, r.job.ID+"/"+f.Name); err != nil {
-			return fmt.Errorf("read back %s: %w", f.Name, err)
-		}
-	}
-	return nil
-}
-
+// readIDs adds the ids of the resources in one of the job's files to written.
 func (r *associatedRun) readIDs(ctx context.Context, blob string) error {
 	rc, _, err := r.e.blobs.Open(ctx, r.job.Request.Container, blob)
 	if err != nil {

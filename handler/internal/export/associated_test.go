@@ -3,6 +3,7 @@ package export_test
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -137,9 +138,8 @@ func associatedSettings() Settings {
 	return set
 }
 
-// The Provenance output is exactly the IG's set, each once, and no other
-// Provenance (the ordinary Provenance search is dropped although _type names
-// the type).
+// With Provenance left out of _type, the Provenance output is exactly the
+// associated set, each once.
 func TestIncludeAssociatedDataReturnsExactlyTheAssociatedProvenance(t *testing.T) {
 	for _, mode := range []string{RelevantProvenance, LatestProvenance} {
 		t.Run(mode, func(t *testing.T) {
@@ -147,7 +147,7 @@ func TestIncludeAssociatedDataReturnsExactlyTheAssociatedProvenance(t *testing.T
 			b := setup(t, set, nil)
 			want, provs := provenanceData(b.source)
 			delete(want, "Group")
-			st := b.export(t, Request{Level: LevelSystem, Types: []string{"Patient", "Observation", "Provenance"}, IncludeAssociated: mode}, 5)
+			st := b.export(t, Request{Level: LevelSystem, Types: []string{"Patient", "Observation"}, IncludeAssociated: mode}, 5)
 			if st.Phase != Completed {
 				t.Fatalf("phase %v, failure %v", st.Phase, st.Failure)
 			}
@@ -180,6 +180,80 @@ func TestIncludeAssociatedDataReturnsExactlyTheAssociatedProvenance(t *testing.T
 	upper := b.source.now
 	if r, l := associatedOracle(want, provs, upper, false), associatedOracle(want, provs, upper, true); len(r) == len(l) {
 		t.Fatalf("Relevant and Latest choose %d and %d Provenance; the data must tell them apart", len(r), len(l))
+	}
+}
+
+// The associated Provenance are added to the Provenance the job returns
+// anyway, each once: without _since a system export that searches Provenance
+// has them all (no associated item is made); with _since the older associated
+// ones are added; with a _typeFilter for Provenance those the filter left out.
+func TestAssociatedProvenanceIsAddedToTheJobsOwnProvenance(t *testing.T) {
+	since := t0.Add(20 * time.Second)
+	later := t0.Add(30 * time.Minute).Format(time.RFC3339Nano)
+	cases := []struct {
+		name   string
+		since  *time.Time
+		filter []TypeFilter
+		// own selects the Provenance the job's ordinary search returns.
+		own       func(p testProvenance) bool
+		withItem  bool
+		returnedL func(typ, line string) bool // the non-Provenance resources returned
+	}{
+		{name: "no _since", own: func(testProvenance) bool { return true }},
+		{name: "_since", since: &since, withItem: true,
+			own: func(p testProvenance) bool { return p.lastUpdated.After(since) }},
+		{name: "_typeFilter", withItem: true, filter: []TypeFilter{{Type: "Provenance", Query: "recorded=" + url.QueryEscape(later)}},
+			own: func(p testProvenance) bool { return p.recorded.Format(time.RFC3339Nano) == later }},
+	}
+	for _, mode := range []string{RelevantProvenance, LatestProvenance} {
+		for _, c := range cases {
+			t.Run(mode+"/"+c.name, func(t *testing.T) {
+				set := associatedSettings()
+				b := setup(t, set, nil)
+				all, provs := provenanceData(b.source)
+				st := b.export(t, Request{Level: LevelSystem, Types: []string{"Patient", "Observation", "Provenance"}, Since: c.since,
+					TypeFilters: c.filter, IncludeAssociated: mode}, 5)
+				if st.Phase != Completed {
+					t.Fatalf("phase %v, failure %v", st.Phase, st.Failure)
+				}
+				want := map[string][]string{}
+				for _, typ := range []string{"Patient", "Observation"} {
+					for _, l := range all[typ] {
+						if c.since == nil || b.source.lastUpdatedOf(typ, decodeID(l)).After(*c.since) {
+							want[typ] = append(want[typ], l)
+						}
+					}
+				}
+				union := map[string]string{}
+				ownCount := 0
+				for _, p := range provs {
+					if !p.lastUpdated.After(st.Job.TransactionTime) && c.own(p) {
+						union[p.id] = compact(p.json())
+						ownCount++
+					}
+				}
+				associated := associatedOracle(want, provs, st.Job.TransactionTime, mode == LatestProvenance)
+				added := 0
+				for _, l := range associated {
+					if _, ok := union[decodeID(l)]; !ok {
+						added++
+					}
+					union[decodeID(l)] = l
+				}
+				for _, l := range union {
+					want["Provenance"] = append(want["Provenance"], l)
+				}
+				wantExactly(t, b.lines(t, st, set.MaxFileBytes), want)
+				_, err := b.store.GetItem(context.Background(), st.Job.ID, "Provenance.associated")
+				if c.withItem != (err == nil) {
+					t.Errorf("associated item: %v; want one: %v", err, c.withItem)
+				}
+				if c.withItem && (added == 0 || ownCount == 0 || added == len(associated)) {
+					t.Fatalf("premise: %d own Provenance, %d associated, %d of them added; the data must make the job's own and the associated overlap and differ",
+						ownCount, len(associated), added)
+				}
+			})
+		}
 	}
 }
 

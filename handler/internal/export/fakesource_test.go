@@ -333,6 +333,16 @@ func fieldRefs(v any) []string {
 	return nil
 }
 
+// lastUpdatedOf returns the meta.lastUpdated of typ/id.
+func (s *fakeSource) lastUpdatedOf(typ, id string) time.Time {
+	for _, r := range s.data[typ] {
+		if r.id == id {
+			return r.lastUpdated
+		}
+	}
+	panic("no " + typ + "/" + id)
+}
+
 // resource builds a compact test resource.
 func resource(typ, id string, lastUpdated time.Time, extra string) string {
 	s := fmt.Sprintf(`{"resourceType":%q,"id":%q,"meta":{"lastUpdated":%q}`, typ, id, lastUpdated.UTC().Format(time.RFC3339Nano))

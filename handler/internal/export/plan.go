@@ -118,10 +118,10 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 	if err := e.writeWarnings(ctx, job, item, warnings); err != nil {
 		return err
 	}
-	if job.Request.IncludeAssociated != "" {
+	if assoc := e.planAssociated(job, types); assoc != nil {
 		// Created before the items it waits for start, so that the last of
 		// them to finish finds it; enqueued by that one (associated.go).
-		if err := e.store.CreateItem(ctx, e.newAssociatedItem(job)); err != nil && !fault.Is(err, fault.Conflict) {
+		if err := e.store.CreateItem(ctx, assoc); err != nil && !fault.Is(err, fault.Conflict) {
 			return fmt.Errorf("record work item %s: %w", associatedItemID, err)
 		}
 	}
@@ -144,21 +144,8 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 	return e.checkCancelled(ctx, job.ID) // a cancel during planning: remove the warnings file too
 }
 
-// planTypes returns the resource types a job searches, sorted. With
-// includeAssociatedData that is never Provenance: the job returns only the
-// Provenance associated with its other resources (associated.go), as the IG
-// says ("other Provenance resources will not be returned").
+// planTypes returns the resource types a job covers, sorted.
 func (e *Engine) planTypes(ctx context.Context, job *Job) ([]string, error) {
-	types, err := e.typesInScope(ctx, job)
-	if job.Request.IncludeAssociated != "" {
-		types = slices.DeleteFunc(types, func(t string) bool { return t == "Provenance" })
-	}
-	return types, err
-}
-
-// typesInScope returns the resource types the request names, or else every
-// type the export level may hold, sorted.
-func (e *Engine) typesInScope(ctx context.Context, job *Job) ([]string, error) {
 	req := job.Request
 	if len(req.Types) > 0 {
 		return slices.Sorted(slices.Values(req.Types)), nil

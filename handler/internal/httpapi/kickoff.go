@@ -365,9 +365,7 @@ func (s *server) buildRequest(rt route, params []param, lenient bool) (export.Re
 // LatestProvenanceResources and RelevantProvenanceResources; with both,
 // Relevant (every associated Provenance) includes Latest. Another value is
 // refused, or ignored with a warning under handling=lenient. Whether the
-// source can serve it is the engine's check at kick-off. A _typeFilter for
-// Provenance is refused with it: the IG returns only the associated
-// Provenance, which a filter could only contradict.
+// source can serve it is the engine's check at kick-off.
 func parseIncludeAssociated(ps []param, lenient bool, req *export.Request) error {
 	for _, p := range ps {
 		if strings.Trim(p.value, ", \t") == "" {
@@ -393,9 +391,6 @@ func parseIncludeAssociated(ps []param, lenient bool, req *export.Request) error
 				}
 			}
 		}
-	}
-	if req.IncludeAssociated != "" && slices.ContainsFunc(req.TypeFilters, func(f export.TypeFilter) bool { return f.Type == "Provenance" }) {
-		return invalid("not-supported", "_typeFilter for Provenance cannot be combined with includeAssociatedData, which returns only the Provenance associated with the exported resources")
 	}
 	return nil
 }

@@ -82,8 +82,6 @@ func TestKickOffRejectsBadInput(t *testing.T) {
 		{name: "includeAssociatedData with an empty value", target: "/$export?includeAssociatedData=,", want: 400, wantDiag: "includeAssociatedData has an empty value"},
 		{name: "includeAssociatedData with _anonymizationConfig, even lenient", target: "/$export?includeAssociatedData=LatestProvenanceResources&_anonymizationConfig=c.json",
 			header: hdr("Prefer", "handling=lenient"), want: 400, wantDiag: "cannot be combined with _anonymizationConfig", wantCode: "not-supported"},
-		{name: "includeAssociatedData with a Provenance _typeFilter", target: "/$export?includeAssociatedData=RelevantProvenanceResources&_typeFilter=" + "Provenance%3Fagent%3DPractitioner%2F1",
-			want: 400, wantDiag: "_typeFilter for Provenance cannot be combined", wantCode: "not-supported"},
 		{name: "until not an instant", target: "/$export?_until=tomorrow", want: 400, wantDiag: "_until"},
 		{name: "until before since", target: "/$export?_since=2021-01-01T00:00:00Z&_until=2020-12-31T23:59:59Z", want: 400, wantDiag: "before _since"},
 		{name: "until twice, different", target: "/$export?_until=2020-01-01T00:00:00Z&_until=2021-01-01T00:00:00Z", want: 400, wantDiag: "_until"},
