@@ -36,13 +36,49 @@ func (e *Engine) loadAnonymizer(ctx context.Context, job *Job) (Anonymizer, []st
 		return nil, nil, nil
 	}
 	if e.set.Anonymizers == nil {
-		return nil, nil, fault.New(fault.Permanent, "the job asks for de-identified export with the configuration %q, but de-identified export is not configured on this service", name)
+		return nil, nil, configFailure{fault.New(fault.Permanent, "the job asks for de-identified export with the configuration %q, but de-identified export is not configured on this service", name)}
 	}
 	a, warnings, err := e.set.Anonymizers.Load(ctx, name, job.Request.AnonymizationETag)
 	if err != nil {
-		return nil, nil, fmt.Errorf("load the anonymization configuration %q: %w", name, err)
+		return nil, nil, configFailure{fmt.Errorf("load the anonymization configuration %q: %w", name, err)}
 	}
 	return a, warnings, nil
+}
+
+// errAnonymizationConfig marks a failure to load the job's anonymization
+// configuration. Its text names the configuration and never the data
+// (Anonymizers.Load), so a de-identified job shows it (shownFailure).
+var errAnonymizationConfig = errors.New("the anonymization configuration could not be loaded")
+
+type configFailure struct{ error }
+
+func (configFailure) Is(target error) bool { return target == errAnonymizationConfig }
+
+func (c configFailure) Unwrap() error { return c.error }
+
+// shownFailure is the text a client is shown of the failure of one of its
+// job's work items. A de-identified job shows the failures of its own
+// de-identification (they name the rule or the configuration, never a
+// value) and, of anything else, only its kind: the cause may carry the
+// source FHIR server's words or a URL path, which can name an original
+// record (a resource id, a patient in a diagnostics text). The whole cause
+// goes to the service's log, under the job's and the work item's ids.
+func (e *Engine) shownFailure(ctx context.Context, jobID string, cause error) string {
+	job, err := e.store.GetJob(ctx, jobID)
+	if err != nil || job.Request.AnonymizationConfig == "" || errors.Is(cause, errNotAnonymized) || errors.Is(cause, errAnonymizationConfig) {
+		return cause.Error()
+	}
+	what := "the work failed"
+	switch fault.KindOf(cause) {
+	case fault.Transient, fault.Unavailable:
+		what = "the source FHIR server or the storage kept failing"
+	case fault.Forbidden:
+		what = "the source FHIR server or the storage refused the service's identity"
+	case fault.Permanent, fault.NotFound:
+		what = "the source FHIR server refused a request or sent something that cannot be exported"
+	}
+	return what + "; a de-identified export does not show the cause, which may carry the source's words about original records; " +
+		"the service's log has it under this job's id"
 }
 
 // anonymizationWarnings are the warnings of the job's configuration (such as

@@ -223,6 +223,41 @@ func TestDeidentifiedExportUnderRaiseFailsTheJobNamingTheRule(t *testing.T) {
 	}
 }
 
+// A de-identified job that fails for a cause other than its
+// de-identification shows the client only the kind of failure: the source's
+// own words (here a diagnostics text naming a patient) stay out of the status
+// answer. The same failure of a plain job shows them.
+func TestADeidentifiedJobDoesNotShowTheSourcesWords(t *testing.T) {
+	const secret = "Patient/original-7c1"
+	sourceFailure := fault.New(fault.Permanent, "the source FHIR server rejected GET /fhir/Observation with 400 Bad Request: no such subject %s", secret)
+	for _, deid := range []bool{false, true} {
+		t.Run(fmt.Sprintf("deidentified=%v", deid), func(t *testing.T) {
+			anons := &fakeAnonymizers{anon: &fakeAnonymizer{}, etag: `"v1"`}
+			b := deidSetup(t, DefaultSettings(), anons, nil)
+			population(b.source, 2, 4)
+			b.source.failures = []error{sourceFailure}
+			req := Request{Level: LevelSystem, Types: []string{"Observation"}}
+			if deid {
+				req.AnonymizationConfig = "cfg"
+			}
+			st := b.export(t, req, 5)
+			if st.Phase != Failed {
+				t.Fatalf("phase %v; want failed", st.Phase)
+			}
+			msg := st.Failure.Error()
+			if !fault.Is(st.Failure, fault.Permanent) {
+				t.Errorf("failure kind %v; want permanent, as the cause", fault.KindOf(st.Failure))
+			}
+			if shown := strings.Contains(msg, secret); shown == deid {
+				t.Errorf("failure %q: shows the source's words: %v; want %v", msg, shown, !deid)
+			}
+			if deid && !strings.Contains(msg, "does not show the cause") {
+				t.Errorf("failure %q; want it to say why the cause is not shown", msg)
+			}
+		})
+	}
+}
+
 // The configuration's warnings (such as Microsoft's misspelt
 // processingError key) are in the job's error file, once.
 func TestDeidentificationWarningsGoToTheErrorFileOnce(t *testing.T) {

@@ -224,11 +224,13 @@ func (e *Engine) retryOrFail(ctx context.Context, msg Message, owner string, at 
 	return GiveUp(cause)
 }
 
-// fail records the work item of msg as failed with the cause, its kind and
-// its FHIR issue code. It reads the item afresh, because an in-memory copy
-// may describe writes that were never committed.
+// fail records the work item of msg as failed with the cause (as
+// shownFailure words it), its kind and its FHIR issue code. It reads the
+// item afresh, because an in-memory copy may describe writes that were never
+// committed.
 func (e *Engine) fail(ctx context.Context, msg Message, cause error, at Attempt) error {
 	kind := fault.KindOf(cause)
+	shown := e.shownFailure(ctx, msg.Job, cause)
 	for range 5 {
 		fresh, err := e.store.GetItem(ctx, msg.Job, msg.Item)
 		if err != nil {
@@ -238,9 +240,9 @@ func (e *Engine) fail(ctx context.Context, msg Message, cause error, at Attempt)
 			return nil
 		}
 		fresh.State = ItemFailed
-		fresh.Failure = cause.Error()
+		fresh.Failure = shown
 		if at.Final && retryable(kind) {
-			fresh.Failure = fmt.Sprintf("%s (gave up after %d attempts)", cause.Error(), at.Number)
+			fresh.Failure = fmt.Sprintf("%s (gave up after %d attempts)", shown, at.Number)
 		}
 		fresh.FailureKind = kind.String()
 		fresh.FailureCode = fault.Code(cause)
