@@ -2,7 +2,6 @@ package export_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/url"
 	"slices"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	. "github.com/azfhir/bulkexport/handler/internal/export"
-	"github.com/azfhir/bulkexport/handler/internal/memstore"
 )
 
 // assocBenchSource is benchSource with Provenance searched by target from an
@@ -112,36 +110,7 @@ func BenchmarkAssociatedProvenance(b *testing.B) {
 			set := DefaultSettings()
 			var written int64
 			run := func() {
-				ctx := context.Background()
-				queue := memstore.NewQueue(nil)
-				engine := New(memstore.NewStore(), queue, memstore.NewBlobs(), src, set, nil)
-				job, err := engine.KickOff(ctx, Request{Level: LevelSystem, Types: []string{"Observation"}, IncludeAssociated: mode, Container: "bulk-export"})
-				if err != nil {
-					b.Fatal(err)
-				}
-				for {
-					ds, err := queue.Receive(ctx, 1, time.Hour)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if len(ds) == 0 {
-						break
-					}
-					var msg Message
-					if err := json.Unmarshal([]byte(ds[0].Text), &msg); err != nil {
-						b.Fatal(err)
-					}
-					if out := engine.Process(ctx, msg, Attempt{Number: int(ds[0].DequeueCount), Final: true}); out != Done() {
-						b.Fatalf("work item %s: %v: %v", msg.Item, out, out.Cause)
-					}
-					if err := queue.Delete(ctx, ds[0]); err != nil {
-						b.Fatal(err)
-					}
-				}
-				st, err := engine.Status(ctx, job.ID, "")
-				if err != nil || st.Phase != Completed {
-					b.Fatalf("export: %v %v", err, st.Failure)
-				}
+				_, st := benchRun(b, src, set, Request{Level: LevelSystem, Types: []string{"Observation"}, IncludeAssociated: mode})
 				written = 0
 				for _, f := range st.Output {
 					if f.Type == "Provenance" {

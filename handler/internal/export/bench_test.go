@@ -94,10 +94,16 @@ func benchData(n int, indented bool) (resources [][]byte, ndjsonBytes int64) {
 // in-memory store, queue and blob service, delivering messages as a queue
 // trigger would, and returns the engine, its blobs and the final status.
 func benchExport(tb testing.TB, src *benchSource, set Settings) (*Engine, *Status) {
+	return benchRun(tb, src, set, Request{Level: LevelSystem, Types: []string{src.typ}})
+}
+
+// benchRun runs the export req asks for against src, as benchExport does.
+func benchRun(tb testing.TB, src Source, set Settings, req Request) (*Engine, *Status) {
 	ctx := context.Background()
 	queue := memstore.NewQueue(nil)
 	engine := New(memstore.NewStore(), queue, memstore.NewBlobs(), src, set, nil)
-	job, err := engine.KickOff(ctx, Request{Level: LevelSystem, Types: []string{src.typ}, Container: "bulk-export"})
+	req.Container = "bulk-export"
+	job, err := engine.KickOff(ctx, req)
 	if err != nil {
 		tb.Fatal(err)
 	}
