@@ -28,11 +28,18 @@ pids+=($!)
 export FHIR_SERVER_URL="http://$fhir_addr/fhir"
 # No tokens locally by default (the handler logs a warning). AUTH=oidc starts
 # dist/dev-issuer, a throwaway OIDC issuer on loopback with one client that
-# holds the export role, and makes the handler require its tokens. Or set
+# holds the export role, and makes the handler require its tokens. With
+# DEV_CLIENT_JWKS (a JWKS file of public keys, such as the public.jwks.json
+# that `dist/dev-issuer -new-client-key DIR` writes) that client may also sign
+# in with a SMART client assertion, as the SMART bulk-data-client does. Or set
 # AUTH_MODE and its settings yourself (see README.md, Authentication).
 issuer_addr=${DEV_ISSUER_ADDR:-127.0.0.1:8081}
 if [[ "${AUTH:-}" == oidc && -z "${AUTH_ISSUER:-}" ]]; then
-	dist/dev-issuer -addr "$issuer_addr" >.run/dev-issuer.log 2>&1 &
+	issuer_args=(-addr "$issuer_addr")
+	if [[ -n "${DEV_CLIENT_JWKS:-}" ]]; then
+		issuer_args+=(-client-jwks "$DEV_CLIENT_JWKS")
+	fi
+	dist/dev-issuer "${issuer_args[@]}" >.run/dev-issuer.log 2>&1 &
 	pids+=($!)
 	export AUTH_MODE=oidc AUTH_ISSUER="http://$issuer_addr" AUTH_AUDIENCE=api://bulkexport
 	export AUTH_TOKEN_ENDPOINT="http://$issuer_addr/token"
@@ -40,6 +47,7 @@ if [[ "${AUTH:-}" == oidc && -z "${AUTH_ISSUER:-}" ]]; then
 		curl -fsS "$AUTH_ISSUER/.well-known/openid-configuration" >/dev/null 2>&1 && break
 		sleep 0.1
 	done
+	curl -fsS "$AUTH_ISSUER/.well-known/openid-configuration" >/dev/null || { echo "dev-issuer did not start; see .run/dev-issuer.log"; exit 1; }
 fi
 export AUTH_MODE=${AUTH_MODE:-none}
 export EXPORT_MAX_FILE_BYTES=${EXPORT_MAX_FILE_BYTES:-67108864}
@@ -78,5 +86,17 @@ Tokens are required (AUTH_MODE=oidc, issuer $AUTH_ISSUER). Get one from the dev 
   dist/bulk-client -base http://$api_addr -path '/\$export' -token "\$BULK_TOKEN"
 
 TXT
+	if [[ -n "${DEV_CLIENT_JWKS:-}" ]]; then
+		private_jwk="$(dirname "$DEV_CLIENT_JWKS")/private.jwk.json"
+		[[ -f "$private_jwk" ]] || private_jwk="<the private JWK of a key in $DEV_CLIENT_JWKS>"
+		cat <<TXT
+The client local-client may also sign in with a client assertion (private_key_jwt, keys from
+$DEV_CLIENT_JWKS). SMART bulk-data-client config (JSON or a .js module):
+
+  { "fhirUrl": "http://$api_addr", "tokenUrl": "$AUTH_TOKEN_ENDPOINT", "clientId": "local-client",
+    "privateKey": <contents of $private_jwk>, "scope": "system/*.rs" }
+
+TXT
+	fi
 fi
 wait "${pids[@]}"

@@ -5,6 +5,11 @@
 // never published). Tests use it to prove the service's token checks against
 // a real issuer over HTTP rather than against stubs.
 //
+// The token endpoint authenticates a client by its secret (client_secret_post
+// or client_secret_basic) or, as SMART Backend Services clients such as the
+// SMART bulk-data-client do, by a client assertion JWT signed with one of the
+// client's registered keys (private_key_jwt, RFC 7523, RS384 or ES384).
+//
 // Layout, under the issuer URL (the server's URL plus Options.Path):
 //
 //	/.well-known/openid-configuration   discovery
@@ -41,7 +46,13 @@ type Claims map[string]any
 
 // Client is a client the token endpoint knows.
 type Client struct {
+	// Secret authenticates the client in the form or in HTTP Basic; empty:
+	// the client cannot use a secret.
 	Secret string
+	// Keys are the client's public keys: with them it may authenticate with a
+	// signed client assertion instead of a secret (see AssertionAlgorithms).
+	// nil: it cannot. New refuses private and symmetric keys (ParseClientJWKS).
+	Keys *jose.JSONWebKeySet
 	// Scopes the client may get. A token request without a scope parameter
 	// gets all of them (in "scope", space separated); one with a scope
 	// parameter gets exactly those asked for, and asking for more is refused.
@@ -71,6 +82,9 @@ type Options struct {
 	// empty: a free port. cmd/dev-issuer uses a fixed one so that a local
 	// run can name the issuer in its settings before it starts.
 	Addr string
+	// Logf, when set, gets the reason the token endpoint refused a client,
+	// which the response never says (it only says invalid_client).
+	Logf func(format string, args ...any)
 }
 
 type signingKey struct {
@@ -90,6 +104,7 @@ type Issuer struct {
 	published []signingKey // in the JWKS, oldest first
 	current   signingKey   // signs Mint and /token tokens
 	requests  map[string]int
+	seen      map[string]time.Time // client id + jti of accepted assertions -> their exp
 }
 
 // New starts an issuer with one signing key. Close it when done.
@@ -103,6 +118,13 @@ func New(opts Options) (*Issuer, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	for id, c := range opts.Clients {
+		if c.Keys != nil {
+			if err := checkClientKeys(c.Keys); err != nil {
+				return nil, fmt.Errorf("oidcissuer: client %s: %w", id, err)
+			}
+		}
+	}
 	opts.Path = strings.TrimSuffix(opts.Path, "/")
 	if opts.Path != "" && !strings.HasPrefix(opts.Path, "/") {
 		return nil, fmt.Errorf("oidcissuer: Path %q must start with /", opts.Path)
@@ -111,7 +133,7 @@ func New(opts Options) (*Issuer, error) {
 	if err != nil {
 		return nil, err
 	}
-	iss := &Issuer{opts: opts, published: []signingKey{k}, current: k, requests: map[string]int{}}
+	iss := &Issuer{opts: opts, published: []signingKey{k}, current: k, requests: map[string]int{}, seen: map[string]time.Time{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+opts.Path+"/.well-known/openid-configuration", iss.discovery)
 	mux.HandleFunc("GET "+opts.Path+"/keys", iss.jwks)
@@ -280,8 +302,9 @@ func (i *Issuer) discovery(w http.ResponseWriter, _ *http.Request) {
 		"response_types_supported":              []string{"code"},
 		"subject_types_supported":               []string{"public"},
 		"grant_types_supported":                 []string{"client_credentials"},
-		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "client_secret_basic"},
-		"id_token_signing_alg_values_supported": []string{string(i.opts.Algorithm)},
+		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "client_secret_basic", "private_key_jwt"},
+		"token_endpoint_auth_signing_alg_values_supported": algNames(AssertionAlgorithms),
+		"id_token_signing_alg_values_supported":            []string{string(i.opts.Algorithm)},
 	})
 }
 
@@ -298,8 +321,9 @@ func (i *Issuer) jwks(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, set)
 }
 
-// token answers the client credentials grant (RFC 6749 section 4.4) with the
-// client's secret in the form or in HTTP Basic.
+// token answers the client credentials grant (RFC 6749 section 4.4). The
+// client authenticates with its secret, in the form or in HTTP Basic, or with
+// a client assertion (RFC 7523 section 2.2, as SMART Backend Services use).
 func (i *Issuer) token(w http.ResponseWriter, r *http.Request) {
 	i.count("token")
 	if err := r.ParseForm(); err != nil {
@@ -310,15 +334,31 @@ func (i *Issuer) token(w http.ResponseWriter, r *http.Request) {
 		oauthError(w, http.StatusBadRequest, "unsupported_grant_type")
 		return
 	}
-	id, secret, basic := r.BasicAuth()
-	if !basic {
-		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+	form := r.PostForm
+	_, _, basic := r.BasicAuth()
+	var (
+		id  string
+		err error
+	)
+	if form.Has("client_assertion") || form.Has("client_assertion_type") {
+		// RFC 6749 section 2.3: a client uses one authentication method.
+		if form.Get("client_assertion_type") != AssertionType || form.Get("client_assertion") == "" ||
+			form.Has("client_secret") || basic {
+			oauthError(w, http.StatusBadRequest, "invalid_request")
+			return
+		}
+		id, err = i.assertedClient(form.Get("client_assertion"), form.Get("client_id"))
+	} else {
+		id, err = i.secretClient(r)
 	}
-	c, ok := i.opts.Clients[id]
-	if !ok || secret == "" || secret != c.Secret {
+	if err != nil {
+		if i.opts.Logf != nil {
+			i.opts.Logf("oidcissuer: token request refused (invalid_client): %v", err)
+		}
 		oauthError(w, http.StatusUnauthorized, "invalid_client")
 		return
 	}
+	c := i.opts.Clients[id]
 	scopes := c.Scopes
 	if asked := strings.Fields(r.PostForm.Get("scope")); len(asked) > 0 {
 		for _, s := range asked {
@@ -350,6 +390,19 @@ func (i *Issuer) token(w http.ResponseWriter, r *http.Request) {
 		resp["scope"] = strings.Join(scopes, " ")
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// secretClient returns the id of the client whose secret the request holds.
+func (i *Issuer) secretClient(r *http.Request) (string, error) {
+	id, secret, basic := r.BasicAuth()
+	if !basic {
+		id, secret = r.PostForm.Get("client_id"), r.PostForm.Get("client_secret")
+	}
+	c, ok := i.opts.Clients[id]
+	if !ok || secret == "" || secret != c.Secret {
+		return "", fmt.Errorf("unknown client %q or wrong secret", id)
+	}
+	return id, nil
 }
 
 func oauthError(w http.ResponseWriter, status int, code string) {
