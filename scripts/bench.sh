@@ -17,7 +17,12 @@
 #      EXPORT_SOURCE_CONCURRENCY at twice that, since each item has two
 #      requests open while it reads a page ahead;
 #   c  one system export of 1,000 patients (100 copies, about 540 MB) with
-#      the default page, block and file sizes (64 MiB files).
+#      the default page, block and file sizes (64 MiB files);
+#   d  (not in the default list) scenario a's set with a Provenance per
+#      patient (make-dataset -provenance) and a's settings: per run, a system
+#      export (Provenance as an ordinary type), then every other type with
+#      includeAssociatedData=RelevantProvenanceResources, which must add every
+#      Provenance: the difference is the associated phase end to end.
 # Each export prints resources, bytes, kick-off -> manifest, kick-off -> last
 # byte downloaded, MB/s, the files in the manifest, the CPU seconds of the
 # handler, fhir-sample and Azurite during the export (/proc/<pid>/stat), the
@@ -142,11 +147,12 @@ seconds() {
 vmhwm() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-# dataset NAME COPIES builds $run/bench-data-NAME (make-dataset skips nothing:
-# it rewrites the folder) and prints its path.
+# dataset NAME COPIES [FLAGS...] builds $run/bench-data-NAME (make-dataset
+# skips nothing: it rewrites the folder) and prints its path.
 dataset() {
-	local dir=$run/bench-data-$1
-	go run ./tests/bench/cmd/make-dataset -src tests/data/synthea-r4-10 -out "$dir" -copies "$2" >&2
+	local dir=$run/bench-data-$1 copies=$2
+	shift 2
+	go run ./tests/bench/cmd/make-dataset -src tests/data/synthea-r4-10 -out "$dir" -copies "$copies" "$@" >&2
 	echo "$dir"
 }
 
@@ -174,16 +180,17 @@ header() {
 	printf '%-10s %9s %10s %10s %10s %6s %5s   %s\n' export resources bytes manifest_s lastbyte_s MB/s files 'CPU s: handler fhir-sample azurite   handler VmHWM MiB   exact'
 }
 
-# export_once LABEL DATA runs one system export with bulk-client, prints its
-# line and fails unless the export holds exactly DATA.
+# export_once LABEL DATA [PATH] runs one export with bulk-client (PATH: the
+# kick-off path and query, a system export by default), prints its line and
+# fails unless the export holds exactly DATA.
 export_once() {
-	local label=$1 data=$2 out=$run/bench-export
+	local label=$1 data=$2 path=${3:-'/$export'} out=$run/bench-export
 	rm -rf "$out"
 	local accepted cpu0 cpu1 t0 client_pid job="" manifest="" line summary lastbyte resources files bytes exact
 	accepted=$(grep -c '"message":"export accepted"' "$run/bench-handler.log" || true)
 	cpu0="$(cpu_seconds "$handler_pid") $(cpu_seconds "$source_pid") $(cpu_seconds "$azurite_pid")"
 	t0=$(now)
-	"$dist/bulk-client" -base "http://$api_addr" -path '/$export' -out "$out" >"$run/bench-client.txt" 2>&1 &
+	"$dist/bulk-client" -base "http://$api_addr" -path "$path" -out "$out" >"$run/bench-client.txt" 2>&1 &
 	client_pid=$!
 	pids+=("$client_pid")
 
@@ -265,7 +272,19 @@ for scenario in $scenarios; do
 		done | sort -rn | head -5 | tr '\n' ' '
 		echo
 		;;
-	*) die "unknown scenario $scenario (use a, b, c)" ;;
+	d)
+		echo "== (d) 100 patients (10 copies) with a Provenance each, no delay: $runs times a system export, then every other type with includeAssociatedData=RelevantProvenanceResources"
+		data=$(dataset d 10 -provenance)
+		others=$(find "$data" -maxdepth 1 -name '*.ndjson' ! -name Provenance.ndjson -printf '%f\n' | sed 's/\.ndjson$//' | sort | paste -sd, -)
+		start_source "$data"
+		start_handler
+		header
+		for r in $(seq 1 "$runs"); do
+			export_once "d/plain/$r" "$data"
+			export_once "d/assoc/$r" "$data" "/\$export?_type=$others&includeAssociatedData=RelevantProvenanceResources"
+		done
+		;;
+	*) die "unknown scenario $scenario (use a, b, c, d)" ;;
 	esac
 	printf 'fhir-sample peak RSS (VmHWM): %s MiB; load average after: %s\n' "$(vmhwm "$source_pid")" "$(loadavg)"
 	stop_pid "$handler_pid"
