@@ -62,9 +62,13 @@ func (s *assocBenchSource) Page(ctx context.Context, pageURL string, visit func(
 }
 
 // newAssocBenchSource serves benchResources Observations and, as Synthea
-// writes them, one Provenance for every 100 (a patient's records) about all
-// of them, plus a later one about every 10th Observation.
-func newAssocBenchSource() *assocBenchSource {
+// writes them, one Provenance per patient of 100 Observations about all of
+// them, plus a later one about every 10th Observation. With interleaved, a
+// patient's Observations are spread over the whole export (Observation i is
+// patient i mod 200's), as an export in _lastUpdated order spreads a
+// patient's records: each patient's Provenance then comes back in every
+// batch; otherwise they are consecutive, and it comes back in one.
+func newAssocBenchSource(interleaved bool) *assocBenchSource {
 	resources, _ := benchData(benchResources, false)
 	s := &assocBenchSource{
 		benchSource: &benchSource{fakeSource: newFakeSource(t0.Add(48 * time.Hour)), typ: "Observation", resources: resources, compact: true},
@@ -81,12 +85,17 @@ func newAssocBenchSource() *assocBenchSource {
 			`"recorded":%q,"target":[%s],"agent":[{"type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/provenance-participant-type","code":"author"}]},"who":{"reference":"Practitioner/1"}}]`,
 			recorded.Format(time.RFC3339Nano), strings.Join(targets, ",")))))
 	}
-	for p := 0; p < benchResources; p += 100 {
+	patients := benchResources / 100
+	for p := range patients {
 		var about []int
-		for i := p; i < min(p+100, benchResources); i++ {
-			about = append(about, i)
+		for k := range 100 {
+			if interleaved {
+				about = append(about, k*patients+p)
+			} else {
+				about = append(about, p*100+k)
+			}
 		}
-		add(fmt.Sprintf("patient-%05d", p/100), t0, about)
+		add(fmt.Sprintf("patient-%05d", p), t0, about)
 	}
 	for i := 0; i < benchResources; i += 10 {
 		add(fmt.Sprintf("later-%05d", i), t0.Add(time.Hour), []int{i})
@@ -98,14 +107,24 @@ func newAssocBenchSource() *assocBenchSource {
 // 20,000 Observations (23.7 MB) of BenchmarkExportItem with
 // includeAssociatedData: the Observation item, then the associated item
 // reading the 23.7 MB back and searching Provenance for 200 batches (4
-// at a time). MB/s is the Observation NDJSON, so the figure compares with
+// at a time). ",interleaved" spreads each patient's Observations over the
+// export, as Synthea's are in an export ordered by _lastUpdated: each of the
+// 200 patients' Provenance (100 targets) then comes back in every batch. MB/s is the Observation NDJSON, so the figure compares with
 // BenchmarkExportItem/files=64MiB,sourceCompacted: the difference is the
 // cost of the associated phase on the engine's side (the source answers from
 // an index at once; a real one adds its latency per search).
 func BenchmarkAssociatedProvenance(b *testing.B) {
-	for _, mode := range []string{RelevantProvenance, LatestProvenance} {
-		b.Run(mode, func(b *testing.B) {
-			src := newAssocBenchSource()
+	for _, c := range []struct {
+		mode        string
+		interleaved bool
+	}{{RelevantProvenance, false}, {LatestProvenance, false}, {RelevantProvenance, true}, {LatestProvenance, true}} {
+		name := c.mode
+		if c.interleaved {
+			name += ",interleaved"
+		}
+		mode := c.mode
+		b.Run(name, func(b *testing.B) {
+			src := newAssocBenchSource(c.interleaved)
 			_, ndjsonBytes := benchData(benchResources, false)
 			set := DefaultSettings()
 			var written int64
@@ -120,8 +139,23 @@ func BenchmarkAssociatedProvenance(b *testing.B) {
 			}
 			run()
 			// Relevant: every Provenance; Latest: the later one for every
-			// 10th Observation and the patient one for the rest.
+			// 10th Observation and the patient one for the rest (interleaved,
+			// a patient whose every Observation is a 10th has none).
 			want := int64(len(src.provenance))
+			if mode == LatestProvenance {
+				latest := map[string]bool{}
+				for i := range benchResources {
+					switch {
+					case i%10 == 0:
+						latest[fmt.Sprint("later-", i)] = true
+					case c.interleaved:
+						latest[fmt.Sprint("patient-", i%(benchResources/100))] = true
+					default:
+						latest[fmt.Sprint("patient-", i/100)] = true
+					}
+				}
+				want = int64(len(latest))
+			}
 			if written != want {
 				b.Fatalf("the export wrote %d Provenance; want %d", written, want)
 			}
