@@ -300,7 +300,7 @@ func provenanceFile(files []typeFile) (typeFile, error) {
 			}
 			id := string(l.id())
 			if head.Meta.LastUpdated == "" {
-				return typeFile{}, fmt.Errorf("Patient/%s has no meta.lastUpdated", id)
+				return typeFile{}, fmt.Errorf("patient %s has no meta.lastUpdated", id)
 			}
 			order = append(order, id)
 			patients[id] = &about{
