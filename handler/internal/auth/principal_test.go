@@ -21,6 +21,10 @@ func TestExportRights(t *testing.T) {
 		denied []string // a _type that must be refused, naming the types outside; [] is no _type
 	}{
 		{name: "configured role", claims: oidcissuer.Claims{"roles": []string{"Reader", "Exporter"}}, all: true, ok: []string{"Observation"}},
+		// The role grants every type whatever scopes the token also holds
+		// (README: a token with the role and narrow scopes exports all).
+		{name: "configured role with narrow scopes", claims: oidcissuer.Claims{"roles": []string{"Exporter"}, "scope": "system/Patient.rs"},
+			all: true, ok: []string{"Observation", "Patient"}},
 		{name: "default role is not the configured one", claims: oidcissuer.Claims{"roles": []string{DefaultRole}}, denied: []string{}},
 		{name: "no role no scope", claims: oidcissuer.Claims{}, denied: []string{}},
 		{name: "v1 all", claims: oidcissuer.Claims{"scope": "openid system/*.read"}, all: true},
