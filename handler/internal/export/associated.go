@@ -107,15 +107,26 @@ func (e *Engine) checkAssociated(ctx context.Context, req *Request) error {
 }
 
 // planAssociated returns the associated item of a job that asked for
-// includeAssociatedData, given the types the job searches, or nil when the
-// job's own Provenance searches return every Provenance it could add.
-func (e *Engine) planAssociated(job *Job, types []string) *WorkItem {
+// includeAssociatedData, given the types the job searches and the items the
+// plan decided on, or nil when the job's own Provenance searches return every
+// Provenance it could add. Its Expected is what it will look up, the planned
+// counts of the other types, so that progress (estimateProgress) weighs the
+// phase from the start and credits it as its cursor moves (Cursor.Page
+// counts the references looked up): the percentage keeps growing through the
+// phase instead of waiting at 99.
+func (e *Engine) planAssociated(job *Job, types []string, planned []PlannedItem) *WorkItem {
+	var expected int64
+	for _, p := range planned {
+		if p.Type != "Provenance" {
+			expected += p.Expected
+		}
+	}
 	req := job.Request
 	if req.IncludeAssociated == "" {
 		return nil
 	}
 	item := &WorkItem{JobID: job.ID, ID: associatedItemID, Type: "Provenance", Kind: ItemAssociated,
-		State: ItemPending, UpdatedAt: e.now().UTC()}
+		State: ItemPending, UpdatedAt: e.now().UTC(), Expected: expected}
 	if req.Level == LevelSystem && slices.Contains(types, "Provenance") && filterQueries(job, "Provenance")[0] == "" {
 		// Every Provenance last updated in (_since, upper] is in the
 		// output already: only older ones can be added.
@@ -321,7 +332,7 @@ func (r *associatedRun) page(ctx context.Context, w *fileWriter, c Cursor) (stri
 func (r *associatedRun) nextRefs(ctx context.Context, c Cursor, n int) ([]string, error) {
 	if c.Batch >= len(r.sources) {
 		r.close()
-		r.nextPos = Cursor{Query: 1}
+		r.nextPos = Cursor{Query: 1, Page: c.Page}
 		return nil, nil
 	}
 	if r.fileAt != c.Batch || r.offset != c.Offset {
@@ -347,7 +358,7 @@ func (r *associatedRun) nextRefs(ctx context.Context, c Cursor, n int) ([]string
 		}
 		if errors.Is(err, io.EOF) {
 			r.close()
-			r.nextPos = Cursor{Batch: c.Batch + 1}
+			r.nextPos = Cursor{Batch: c.Batch + 1, Page: c.Page + len(refs)}
 			return refs, nil
 		}
 		if err != nil {
@@ -355,7 +366,7 @@ func (r *associatedRun) nextRefs(ctx context.Context, c Cursor, n int) ([]string
 			return nil, fmt.Errorf("read back output file %s: %w", r.sources[c.Batch], err)
 		}
 	}
-	r.nextPos = Cursor{Batch: c.Batch, Offset: r.offset}
+	r.nextPos = Cursor{Batch: c.Batch, Offset: r.offset, Page: c.Page + len(refs)}
 	return refs, nil
 }
 

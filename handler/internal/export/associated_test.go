@@ -349,6 +349,12 @@ func TestAssociatedProvenanceSurvivesSourceFailuresAndContinuations(t *testing.T
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Progress: the plan weighed the phase by the other types' counts, and
+	// the cursor counted every returned resource looked up.
+	returned := len(want["Patient"]) + len(want["Observation"])
+	if item.Expected != int64(returned) || item.Cursor.Page != returned {
+		t.Errorf("associated item expected %d and looked up %d; want both %d, the returned resources", item.Expected, item.Cursor.Page, returned)
+	}
 	// A step reads from one output file only, so there is at least one per
 	// file of the other types.
 	files := slices.DeleteFunc(slices.Clone(st.Output), func(f OutputFile) bool { return f.Type == "Provenance" })

@@ -127,7 +127,7 @@ type Cursor struct {
 	// written before it existed read 0, the first parameter.
 	Param int    `json:"param,omitempty"`
 	Next  string `json:"next,omitempty"` // the next page to fetch; empty: start the batch (or the search) afresh
-	Page  int    `json:"page,omitempty"` // pages of this query and batch passed so far (names a page in error files)
+	Page  int    `json:"page,omitempty"` // pages of this query and batch passed so far (names a page in error files); the associated item: references looked up
 	// Offset is, for the associated Provenance item, the bytes of output
 	// file number Batch (in the order associatedRun lists them) whose
 	// resources have been looked up.

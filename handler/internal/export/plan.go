@@ -118,7 +118,7 @@ func (e *Engine) plan(ctx context.Context, job *Job, item *WorkItem) error {
 	if err := e.writeWarnings(ctx, job, item, warnings); err != nil {
 		return err
 	}
-	if assoc := e.planAssociated(job, types); assoc != nil {
+	if assoc := e.planAssociated(job, types, item.Planned); assoc != nil {
 		// Created before the items it waits for start, so that the last of
 		// them to finish finds it; enqueued by that one (associated.go).
 		if err := e.store.CreateItem(ctx, assoc); err != nil && !fault.Is(err, fault.Conflict) {

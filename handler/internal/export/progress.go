@@ -21,7 +21,13 @@ func estimateProgress(st *Status, plan *WorkItem, items []*WorkItem) {
 		}
 		st.ItemsTotal++
 		w := float64(max(it.Expected, 1)) // never 0: the plan creates items only for types with data
-		c := min(float64(it.Done), w)
+		done := it.Done
+		if it.Kind == ItemAssociated {
+			// Its count is of the resources it looks up (the plan's counts
+			// of the other items); its cursor counts those looked up.
+			done = int64(it.Cursor.Page)
+		}
+		c := min(float64(done), w)
 		if it.State == ItemDone {
 			st.ItemsDone++
 			c = w

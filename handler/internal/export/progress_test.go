@@ -77,3 +77,38 @@ func TestStatusProgressOnlyGrows(t *testing.T) {
 		t.Errorf("%d%% with every resource written", last)
 	}
 }
+
+// The associated Provenance phase (includeAssociatedData) is weighed from the
+// plan on, by what it will look up, and credited as its cursor moves: the
+// percentage grows through it instead of waiting at 99.
+func TestStatusProgressGrowsThroughTheAssociatedPhase(t *testing.T) {
+	items := []*WorkItem{{ID: PlanItemID, State: ItemDone, Expected: 500},
+		{ID: "Observation", Type: "Observation", State: ItemPending, Expected: 500},
+		{ID: "Provenance.associated", Type: "Provenance", Kind: ItemAssociated, State: ItemPending, Expected: 500}}
+	if st := deriveStatus(&Job{}, items); st.TotalKnown {
+		t.Errorf("the total is %d and known; want it unknown, as the Provenance the phase adds are not counted ahead", st.Total)
+	}
+	last := -1
+	check := func(step string) int {
+		t.Helper()
+		p := deriveStatus(&Job{}, items).Percent
+		if p < last || p > 99 {
+			t.Fatalf("%s: %d%% after %d%%", step, p, last)
+		}
+		last = p
+		return p
+	}
+	check("planned")
+	items[1].Done, items[1].State = 500, ItemDone
+	if p := check("Observation done"); p != 50 {
+		t.Errorf("%d%% with the search done and the associated phase to come; want 50", p)
+	}
+	items[2].Done = 3 // Provenance written: not what the phase is weighed by
+	for items[2].Cursor.Page < 500 {
+		items[2].Cursor.Page += 100
+		check("associated step")
+	}
+	if last != 99 {
+		t.Errorf("%d%% with every reference looked up; want 99", last)
+	}
+}

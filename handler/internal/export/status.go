@@ -114,10 +114,12 @@ func deriveStatus(job *Job, items []*WorkItem) *Status {
 	st := &Status{Job: job, Phase: InProgress}
 	var plan *WorkItem
 	pending := 0
+	associated := false
 	for _, it := range items {
 		if it.ID == PlanItemID {
 			plan = it
 		}
+		associated = associated || it.Kind == ItemAssociated
 		switch it.State {
 		case ItemFailed:
 			if st.Failure == nil {
@@ -135,7 +137,10 @@ func deriveStatus(job *Job, items []*WorkItem) *Status {
 		}
 	}
 	if plan != nil && plan.State == ItemDone {
-		st.Total, st.TotalKnown = plan.Expected, plan.Expected > 0
+		// The plan's exact total counts the searched resources; the
+		// associated Provenance (includeAssociatedData) come on top of them,
+		// in a number nobody knows before, so the answer is an estimate.
+		st.Total, st.TotalKnown = plan.Expected, plan.Expected > 0 && !associated
 	}
 	estimateProgress(st, plan, items)
 	if st.Phase == Failed || plan == nil || pending > 0 {
