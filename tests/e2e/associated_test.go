@@ -451,15 +451,7 @@ func waitAndDownload(t *testing.T, client *bulkclient.Client, resp *http.Respons
 	if resp.StatusCode != http.StatusAccepted {
 		t.Fatalf("kick-off answered %d: %s", resp.StatusCode, body)
 	}
-	m, _, err := client.Wait(ctx(t), resp.Header.Get("Content-Location"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, errs, err := client.Download(ctx(t), m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m, got, errs
+	return waitAndDownloadAll(t, client, resp.Header.Get("Content-Location"))
 }
 
 var assocTypes = []string{"Patient", "Encounter", "Observation"}
@@ -737,14 +729,7 @@ func TestIncludeAssociatedDataSurvivesSIGKILL(t *testing.T) {
 		kills++
 		p.start()
 	}
-	m, _, err := client.Wait(ctx(t), statusURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, errs, err := client.Download(ctx(t), m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, got, errs := waitAndDownloadAll(t, client, statusURL)
 	if kills < 2 {
 		t.Fatalf("the export finished after %d kills in its Provenance searches; the test needs 2, the second after a commit", kills)
 	}

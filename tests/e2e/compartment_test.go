@@ -220,14 +220,7 @@ func TestGroupExportAcrossCompartmentParametersSurvivesSIGKILL(t *testing.T) {
 		kills++
 		p.start()
 	}
-	m, _, err := client.Wait(ctx(t), statusURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, errs, err := client.Download(ctx(t), m)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, got, errs := waitAndDownloadAll(t, client, statusURL)
 	if kills == 0 {
 		t.Fatal("the export finished before the first kill: nothing was proved")
 	}

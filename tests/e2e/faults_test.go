@@ -163,15 +163,7 @@ func exportsWithKills(t *testing.T, p *process, client *bulkclient.Client, path 
 			done++
 			p.start()
 		}
-		m, _, err := client.Wait(ctx(t), statusURL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, errs, err := client.Download(ctx(t), m)
-		if err != nil {
-			t.Fatal(err) // Download checks count == lines and the type of every line
-		}
-		check(m, got, errs)
+		check(waitAndDownloadAll(t, client, statusURL))
 	}
 	return done, exports
 }

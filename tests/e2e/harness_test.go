@@ -145,3 +145,19 @@ func ctx(t *testing.T) context.Context {
 	t.Cleanup(cancel)
 	return c
 }
+
+// waitAndDownloadAll waits for the export at statusURL to complete and
+// downloads every file of its manifest (Download checks each file's count and
+// the type of every line).
+func waitAndDownloadAll(t *testing.T, client *bulkclient.Client, statusURL string) (bulkclient.Manifest, map[string][][]byte, [][]byte) {
+	t.Helper()
+	m, _, err := client.Wait(ctx(t), statusURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, errs, err := client.Download(ctx(t), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, got, errs
+}

@@ -727,9 +727,7 @@ func literalReference(ref []byte) ([]byte, bool) {
 // outcomeLine is the error line for a search outcome entry: the entry as the
 // source sent it, or a line saying that it was not an OperationOutcome.
 func outcomeLine(ctx context.Context, resource []byte, where func() string, scratch *bytes.Buffer) []byte {
-	scratch.Reset()
-	if json.Compact(scratch, resource) != nil || scratch.Len() == 0 || scratch.Bytes()[0] != '{' ||
-		readHead(scratch.Bytes()).ResourceType != "OperationOutcome" {
+	if !compactOutcome(scratch, resource) {
 		return fhir.NewOutcome("error", "processing", where()+": the source sent a search outcome entry that is not an OperationOutcome").JSON()
 	}
 	zerolog.Ctx(ctx).Warn().Msg("the source reported an issue with a Provenance search; copied to the error file")

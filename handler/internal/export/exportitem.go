@@ -455,13 +455,20 @@ func (r *itemRun) writeOutcomeEntry(ctx context.Context, c Cursor, entry int, re
 		// export says only that there was one.
 		return r.writeEntryError(ctx, c, entry, "the source reported an issue with the search; its text is not copied into a de-identified export")
 	}
-	r.scratch.Reset()
-	if json.Compact(&r.scratch, resource) != nil || r.scratch.Len() == 0 || r.scratch.Bytes()[0] != '{' ||
-		readHead(r.scratch.Bytes()).ResourceType != "OperationOutcome" {
+	if !compactOutcome(&r.scratch, resource) {
 		return r.writeEntryError(ctx, c, entry, "the source sent a search outcome entry that is not an OperationOutcome")
 	}
 	zerolog.Ctx(ctx).Warn().Int("page", c.Page+1).Int("entry", entry).Msg("the source reported an issue with a search; copied to the error file")
 	return r.errs.add(ctx, r.scratch.Bytes())
+}
+
+// compactOutcome compacts a search outcome entry into scratch and reports
+// whether it is an OperationOutcome object, which the error files then take
+// as the source sent it.
+func compactOutcome(scratch *bytes.Buffer, resource []byte) bool {
+	scratch.Reset()
+	return json.Compact(scratch, resource) == nil && scratch.Len() > 0 && scratch.Bytes()[0] == '{' &&
+		readHead(scratch.Bytes()).ResourceType == "OperationOutcome"
 }
 
 // writeEntryError writes an OperationOutcome for an entry that cannot be
